@@ -1,0 +1,260 @@
+"""Data lists and 2D training slices from real medical images.
+
+A data list is MONAI's decathlon-style dict ``{"training": [...], "validation": [...], "test": [...]}``; each item is
+``{"image": path, "group": patient-or-volume id, "source": folder, "modality": CT|MR|XR|...}`` and, for a DICOM series,
+``"series_uid"``. Splits are made **by group** (patient where the data says so, else volume/series), never by slice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from tqdm import tqdm
+
+from .errors import ImageReadError, InvalidImageError
+from .image_io import READ_EXTENSIONS, dicom_series, extension, read_image, stem
+from .intensity import IntensityWindow
+from .noise import parse_noise
+
+SPLITS = ("training", "validation", "test")
+_MODALITY_WORDS = {"ct": "CT", "mr": "MR", "mri": "MR", "xray": "XR", "x-ray": "XR", "cr": "XR", "dx": "XR"}
+_DICOM_XRAY = {"CR", "DX", "RG", "MG", "RF", "XA", "IO", "PX"}
+
+
+def normalise_modality(modality: str, path: str | os.PathLike = "") -> str:
+    """``CT``, ``MR`` or ``XR`` (radiography) from a DICOM Modality, else from words in the path; ``""`` if unknown."""
+    modality = modality.upper().strip()
+    if modality in ("CT", "MR"):
+        return modality
+    if modality in _DICOM_XRAY:
+        return "XR"
+    for part in reversed(Path(path).parts):
+        for word in part.lower().replace("_", " ").replace("-", " ").split():
+            if word in _MODALITY_WORDS:
+                return _MODALITY_WORDS[word]
+    return modality
+
+
+def _patients_from_csv(folder: Path) -> dict[str, str]:
+    """``{image file stem: patient id}`` from a ``metadata.csv`` with ``patient_id`` and ``image_id`` columns."""
+    table = folder / "metadata.csv"
+    if not table.is_file():
+        return {}
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"patient_id", "image_id"} <= set(rows[0]):
+        return {}
+    return {row["image_id"]: row["patient_id"] for row in rows}
+
+
+def find_images(root: str | os.PathLike) -> list[dict]:
+    """Every readable image under ``root`` (recursively), one item per file or DICOM series.
+
+    DICOM files are grouped into series by SeriesInstanceUID (single- and multi-frame files that are a series of their
+    own stay one item); files that are neither DICOM nor a supported image are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageReadError(f"{root}: not a folder; give a folder of images (searched recursively)")
+    items = []
+    for folder, _, files in sorted(os.walk(root)):
+        folder = Path(folder)
+        patients = _patients_from_csv(folder)
+        source = str(folder.relative_to(root))
+        in_series: set[str] = set()
+        for uid, series_files in dicom_series(folder).items():
+            in_series.update(os.path.basename(f) for f in series_files)
+            header = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+            item = {
+                "image": str(folder),
+                "series_uid": uid,
+                "group": str(header.get("PatientID", "") or uid),
+                "source": source,
+                "modality": normalise_modality(str(header.get("Modality", "")), folder),
+            }
+            items.append(item if len(series_files) > 1 else {**item, "image": series_files[0], "series_uid": None})
+        for name in sorted(files):
+            path = folder / name
+            if name in in_series or extension(name) not in READ_EXTENSIONS or extension(name) == ".dcm":
+                continue
+            items.append(
+                {
+                    "image": str(path),
+                    "group": patients.get(stem(name), str(path.relative_to(root))),
+                    "source": source,
+                    "modality": normalise_modality("", path),
+                }
+            )
+    for item in items:
+        if item.get("series_uid") is None:
+            item.pop("series_uid", None)
+    return items
+
+
+def split_by_group(
+    items: Sequence[dict], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[dict]]:
+    """Split items into training/validation/test by ``group``, separately within each ``source`` folder.
+
+    All items of one group land in one split. A source with fewer than three groups goes to training whole.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError("fractions must be three non-negative numbers (training, validation, test) adding up to 1")
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for item in items:
+        by_source[item["source"]][item["group"]].append(item)
+    datalist: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for source in sorted(by_source):
+        groups = sorted(by_source[source])
+        rng.shuffle(groups)
+        n_val = n_test = 0
+        if len(groups) >= 3:
+            n_val = max(1, round(fractions[1] * len(groups))) if fractions[1] else 0
+            n_test = max(1, round(fractions[2] * len(groups))) if fractions[2] else 0
+        for index, group in enumerate(groups):
+            split = "validation" if index < n_val else "test" if index < n_val + n_test else "training"
+            datalist[split].extend(by_source[source][group])
+    return datalist
+
+
+def embedded_datalist() -> dict[str, list[dict]]:
+    """Real images shipped inside pip packages, with a fixed split by source image (nothing is downloaded).
+
+    pydicom-data: CT 512x512 (CQ500), MR 1024x1024, chest and extremity radiographs, a 2-frame CT, a 10-frame MR;
+    pydicom's test files: a CT and an MR slice; nilearn: the MNI152 T1 template (197x233x189). The test split holds one
+    image of each modality (CT, MR, X-ray) that training never sees.
+    """
+    import data_store  # pydicom-data's package
+    from pydicom.data import get_testdata_file
+
+    store = Path(data_store.__file__).parent / "data"
+    mni = _embedded_mni_path()
+
+    def item(path: Path | str, modality: str) -> dict:
+        return {"image": str(path), "group": Path(path).name, "source": "embedded", "modality": modality}
+
+    return {
+        "training": [
+            item(mni, "MR"),
+            item(store / "MR-SIEMENS-DICOM-WithOverlays.dcm", "MR"),
+            item(store / "emri_small.dcm", "MR"),
+            item(store / "eCT_Supplemental.dcm", "CT"),
+            item(store / "RG1_UNCR.dcm", "XR"),
+        ],
+        "validation": [item(get_testdata_file("CT_small.dcm"), "CT"), item(get_testdata_file("MR_small.dcm"), "MR")],
+        "test": [
+            item(store / "693_UNCR.dcm", "CT"),
+            item(store / "MR2_UNCR.dcm", "MR"),
+            item(store / "RG3_UNCR.dcm", "XR"),
+        ],
+    }
+
+
+def _embedded_mni_path() -> Path:
+    """The MNI152 T1 template file that nilearn ships inside its package (never a download)."""
+    import nilearn
+
+    candidates = sorted(Path(nilearn.__file__).parent.glob("datasets/data/mni_icbm152_t1_tal_nlin_sym_09a*.nii*"))
+    if not candidates:
+        raise ImageReadError("nilearn's shipped MNI152 T1 template is missing; reinstall nilearn (see README)")
+    return candidates[0]
+
+
+def make_datalist(
+    dataset_dir: str | os.PathLike | None,
+    output_file: str | os.PathLike | None = None,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> dict[str, list[dict]]:
+    """The data list of ``dataset_dir`` (split by group), or of the embedded data when it is empty/None/``embedded``.
+
+    ``output_file`` (optional) receives the list as JSON.
+    """
+    if not dataset_dir or str(dataset_dir) == "embedded":
+        datalist = embedded_datalist()
+    else:
+        items = find_images(dataset_dir)
+        if not items:
+            raise ImageReadError(f"{dataset_dir}: no readable images found (searched recursively)")
+        datalist = split_by_group(items, fractions, seed)
+    if output_file:
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_file).write_text(json.dumps(datalist, indent=1))
+    return datalist
+
+
+def load_slices(
+    items: Iterable[dict],
+    max_slices_per_volume: int | None = None,
+    min_std: float = 0.01,
+    progress: bool = True,
+) -> list[dict]:
+    """Load each item, scale it to [0, 1] with its :meth:`IntensityWindow.from_data` window and cut it into 2D slices
+    along the acquisition axis (axis 0).
+
+    Returns dicts ``{"label": float32 (1, H, W) in [0, 1], "group", "source", "modality", "image_path", "slice"}``.
+    Slices whose standard deviation is below ``min_std`` (empty background) are dropped; ``max_slices_per_volume``
+    keeps that many evenly spaced slices of a large volume so it does not swamp single images.
+    """
+    items = list(items)
+    slices = []
+    for item in tqdm(items, desc="loading images", unit="image", disable=not progress):
+        try:
+            volume = read_image(item["image"], item.get("series_uid"))
+        except (ImageReadError, InvalidImageError) as error:
+            tqdm.write(f"skipping {error}")
+            continue
+        array = volume.array if volume.array.ndim == 3 else volume.array[None]
+        window = IntensityWindow.from_data(array)
+        indices = np.arange(array.shape[0])
+        if max_slices_per_volume and len(indices) > max_slices_per_volume:
+            indices = np.unique(np.linspace(0, len(indices) - 1, max_slices_per_volume).round().astype(int))
+        for index in indices:
+            scaled = window.forward(array[index])
+            if scaled.std() < min_std:
+                continue
+            slices.append(
+                {
+                    "label": scaled[None],
+                    "group": item.get("group", ""),
+                    "source": item.get("source", ""),
+                    "modality": item.get("modality", ""),
+                    "image_path": str(item["image"]),
+                    "slice": int(index),
+                }
+            )
+    if not slices:
+        raise ImageReadError("no usable slices: every image was unreadable or blank")
+    return slices
+
+
+def center_crop(image: np.ndarray, size: int | None) -> np.ndarray:
+    """The central ``size`` x ``size`` window of a (..., H, W) array (unchanged where it is already smaller)."""
+    if not size:
+        return image
+    height, width = image.shape[-2:]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return image[..., top : top + size, left : left + size]
+
+
+def noisy_pairs(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | None = None) -> list[dict]:
+    """Fixed noisy/clean pairs for validation and evaluation: ``{"image": noisy, "label": clean, ...}``.
+
+    The noise is drawn once from ``seed``, so every epoch and every run sees the same pairs. ``crop`` takes the central
+    window of each slice (large radiographs would otherwise dominate time).
+    """
+    model = parse_noise(noise)
+    model.set_random_state(seed=seed)
+    pairs = []
+    for item in slices:
+        clean = np.ascontiguousarray(center_crop(item["label"], crop))
+        pairs.append({**item, "label": clean, "image": model(clean), "noise": model.spec})
+    return pairs

@@ -1,0 +1,255 @@
+"""Slice-wise volume denoising: one engine for the bundle's inference config, the command line and 3D Slicer.
+
+>>> model = load_bundle()                      # the shipped bundle, on CUDA when present
+>>> denoised = denoise_volume(volume, model)   # K x J x I array in, same shape, units and dtype out
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .errors import BundleError, CancelledError, InvalidImageError
+from .intensity import IntensityWindow
+from .networks import DenoisingAutoencoder
+
+#: ``progress(done, total)`` after each batch; returning ``False`` cancels the run.
+ProgressCallback = Callable[[int, int], bool | None]
+
+BUNDLE_ROOT = Path(__file__).resolve().parent.parent
+#: Network classes a bundle may name in ``network_def``; nothing else is ever instantiated from a bundle.
+NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
+    "scripts.networks.DenoisingAutoencoder": DenoisingAutoencoder,
+    "DenoisingAutoencoder": DenoisingAutoencoder,
+}
+_MONAI_NETWORKS = "monai.networks.nets."
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; ``"cuda"`` without a GPU is an error that says so."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BundleError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+    return device
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A denoising network ready for inference, with what the engine needs to feed it.
+
+    ``context`` is the number of neighbouring slices on each side given as extra input channels (2.5D; 0 for 2D).
+    """
+
+    network: torch.nn.Module
+    device: torch.device
+    context: int = 0
+    metadata: dict = dataclasses.field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", ""))
+
+
+def build_network(network_def: dict) -> torch.nn.Module:
+    """Instantiate ``network_def`` (a config's ``{"_target_": ..., **args}``) from the allow-list only.
+
+    The target must be a MedDenoise network or a ``monai.networks.nets`` class, and every argument a plain value (no
+    ``$`` expression or ``@`` reference), so a bundle from elsewhere cannot run code through its config.
+    """
+    if not isinstance(network_def, dict) or "_target_" not in network_def:
+        raise BundleError("network_def must be a mapping with a '_target_' naming the network class")
+    target = str(network_def["_target_"])
+    args = {k: v for k, v in network_def.items() if k != "_target_"}
+    for key, value in args.items():
+        if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+            raise BundleError(f"network_def argument {key}={value!r} is an expression; only plain values are allowed")
+    if target in NETWORKS:
+        cls = NETWORKS[target]
+    elif target.startswith(_MONAI_NETWORKS) and "." not in target[len(_MONAI_NETWORKS) :]:
+        import monai.networks.nets as nets
+
+        cls = getattr(nets, target[len(_MONAI_NETWORKS) :], None)
+        if cls is None:
+            raise BundleError(f"network_def names {target}, which monai.networks.nets does not have")
+    else:
+        raise BundleError(
+            f"network_def names {target!r}; allowed are {', '.join(sorted(NETWORKS))} and monai.networks.nets classes"
+        )
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"network_def for {target} has invalid arguments: {error}") from None
+
+
+def read_bundle_config(bundle_dir: Path) -> tuple[dict, dict]:
+    """``(metadata, inference config)`` of a bundle folder, read as plain data (nothing evaluated)."""
+    meta_file = bundle_dir / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise BundleError(f"{bundle_dir}: not a MONAI bundle (configs/metadata.json is missing)")
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{meta_file}: not valid JSON ({error})") from None
+    for name in ("inference.yaml", "inference.json"):
+        config_file = bundle_dir / "configs" / name
+        if config_file.is_file():
+            try:
+                config = yaml.safe_load(config_file.read_text())  # JSON is YAML
+            except yaml.YAMLError as error:
+                raise BundleError(f"{config_file}: not valid YAML/JSON ({error})") from None
+            return metadata, config if isinstance(config, dict) else {}
+    raise BundleError(f"{bundle_dir}: configs/inference.yaml (or .json) is missing")
+
+
+def load_bundle(
+    bundle: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    torchscript: bool = False,
+) -> LoadedModel:
+    """Load a bundle folder's network and weights (default: this bundle, with its shipped model).
+
+    Weights come from ``models/model.pt`` (a state dict, loaded with ``weights_only=True``) into the network built by
+    :func:`build_network`; with ``torchscript=True`` from ``models/model.ts``. The network's input channels must match
+    the metadata (``network_data_format.inputs.image.num_channels``).
+    """
+    bundle_dir = Path(bundle) if bundle else BUNDLE_ROOT
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: no such bundle folder")
+    metadata, config = read_bundle_config(bundle_dir)
+    device = resolve_device(device)
+    channels = int(metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1))
+    if channels < 1 or channels % 2 == 0:
+        raise BundleError(
+            f"{bundle_dir}: metadata says {channels} input channels; expected 1 or 2k+1 neighbouring slices"
+        )
+    if torchscript:
+        network = _load_torchscript(bundle_dir / "models" / "model.ts", device)
+    else:
+        network = build_network(config.get("network_def", {}))
+        if getattr(network, "in_channels", channels) != channels:
+            raise BundleError(
+                f"{bundle_dir}: network_def takes {network.in_channels} input channels but the metadata says {channels}"
+            )
+        _load_weights(network, bundle_dir / "models" / "model.pt")
+    network = network.to(device).eval()
+    return LoadedModel(network, device, context=channels // 2, metadata=metadata, source=str(bundle_dir))
+
+
+def _load_weights(network: torch.nn.Module, checkpoint: Path) -> None:
+    if not checkpoint.is_file():
+        raise BundleError(f"{checkpoint}: the model weights are missing; train the bundle or use a bundle with weights")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure means an unusable file
+        raise BundleError(f"{checkpoint}: not a loadable weights file ({error})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    result = network.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise BundleError(
+            f"{checkpoint}: the weights do not fit network_def (missing: {result.missing_keys[:3]}, "
+            f"unexpected: {result.unexpected_keys[:3]}); the checkpoint belongs to a different network"
+        )
+
+
+def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
+    if not path.is_file():
+        raise BundleError(f"{path}: the TorchScript model is missing; export it with 'monai.bundle ckpt_export'")
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except Exception as error:  # any load failure means an unusable file
+        raise BundleError(f"{path}: not a loadable TorchScript model ({error})") from None
+
+
+def check_volume(volume: Any, axis: int = 0) -> np.ndarray:
+    """Validate an input array for :func:`denoise_volume`; raises :class:`InvalidImageError` naming the problem."""
+    if not isinstance(volume, np.ndarray):
+        raise InvalidImageError(f"expected a NumPy array, got {type(volume).__name__}")
+    if volume.ndim not in (2, 3):
+        raise InvalidImageError(
+            f"expected a 2D image or a 3D volume, got {volume.ndim}D of shape {volume.shape}; split 4D series first"
+        )
+    if volume.size == 0:
+        raise InvalidImageError(f"the image is empty (shape {volume.shape})")
+    if volume.dtype.kind not in "uif":
+        kind = {"b": "boolean (a mask?)", "c": "complex (use the magnitude)"}.get(volume.dtype.kind, str(volume.dtype))
+        raise InvalidImageError(f"cannot denoise a {kind} image; give grey intensities (integer or float)")
+    if volume.dtype.kind == "f":
+        bad = volume.size - int(np.count_nonzero(np.isfinite(volume)))
+        if bad:
+            raise InvalidImageError(f"the image has {bad} NaN/Inf voxels; fill or mask them before denoising")
+    if not -volume.ndim <= axis < volume.ndim or (volume.ndim == 2 and axis not in (0, -2)):
+        raise InvalidImageError(f"axis {axis} does not fit a {volume.ndim}D image (use 0, 1 or 2 for volumes)")
+    return volume
+
+
+def denoise_volume(
+    volume: np.ndarray,
+    model: LoadedModel,
+    window: IntensityWindow | None = None,
+    axis: int = 0,
+    batch_size: int = 8,
+    strength: float = 1.0,
+    float_output: bool = False,
+    progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Denoise a K x J x I volume (or a J x I image) slice by slice along ``axis``.
+
+    Args:
+        volume: the input in native units (HU, MR magnitude, ...); never modified.
+        model: from :func:`load_bundle`.
+        window: native-units window mapped to [0, 1] for the network; default :meth:`IntensityWindow.from_data`, as in
+            training. Values outside the window are kept: the network's correction is added to the original voxel.
+        axis: slicing axis (0 = acquisition axis of an oriented volume).
+        batch_size: slices per forward pass; peak memory grows with it, not with the volume.
+        strength: 0..1 blend between original (0) and fully denoised (1).
+        float_output: return float32; otherwise integer input is rounded and clipped to its dtype's range and float
+            input keeps its float dtype.
+        progress: ``progress(done, total)`` after each batch; returning ``False`` cancels (raises
+            :class:`CancelledError`, nothing is returned).
+
+    Returns:
+        An array of the input's shape, in the input's units.
+    """
+    volume = check_volume(volume, axis)
+    if not 0.0 <= strength <= 1.0:
+        raise InvalidImageError(f"strength {strength} must be between 0 (original) and 1 (fully denoised)")
+    if batch_size < 1:
+        raise InvalidImageError(f"batch size {batch_size} must be at least 1")
+    window = window or IntensityWindow.from_data(volume)
+    out_dtype = np.dtype(np.float32) if float_output else volume.dtype
+    stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
+    output = np.empty(stack.shape, dtype=out_dtype)
+    total = stack.shape[0]
+    offsets = np.arange(-model.context, model.context + 1)
+    with torch.inference_mode():
+        for start in range(0, total, batch_size):
+            indices = np.arange(start, min(total, start + batch_size))
+            neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
+            scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
+            pred = model.network(torch.from_numpy(scaled).to(model.device)).float().cpu().numpy()[:, 0]
+            correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
+            result = stack[indices].astype(np.float32) + np.float32(strength) * correction
+            output[indices] = _cast(result, out_dtype)
+            if progress is not None and progress(int(indices[-1]) + 1, total) is False:
+                raise CancelledError(f"cancelled after {int(indices[-1]) + 1} of {total} slices; nothing was written")
+    output = np.moveaxis(output, 0, axis if volume.ndim == 3 else 0)
+    return output[0] if volume.ndim == 2 else output
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip to an integer dtype's range; clip to a float dtype's finite range (float16 overflows early)."""
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+    values = np.rint(values) if dtype.kind in "iu" else values
+    return np.clip(values, info.min, info.max).astype(dtype)

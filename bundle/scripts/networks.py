@@ -1,0 +1,95 @@
+"""The convolutional denoising autoencoder (DAE).
+
+The default is Gondara's design (2016): conv 64 -> pool -> conv 64 -> pool -> conv 64 -> up -> conv 64 -> up -> conv 1,
+sigmoid (about 112k parameters). Depth, widths, convolutions per level, skip connections and a residual
+(predict-the-noise) output are configurable for stronger variants; the building blocks are MONAI's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+
+def _block(in_channels: int, out_channels: int, convs: int, norm: str | None) -> nn.Sequential:
+    return nn.Sequential(
+        *(
+            Convolution(2, in_channels if i == 0 else out_channels, out_channels, kernel_size=3, act="relu", norm=norm)
+            for i in range(convs)
+        )
+    )
+
+
+class DenoisingAutoencoder(nn.Module):
+    """Convolutional encoder-decoder that maps a noisy slice to a clean one.
+
+    Args:
+        in_channels: input channels (1, or 2k+1 neighbouring slices for 2.5D input; the centre one is denoised).
+        out_channels: output channels (1).
+        features: width of each encoder level; each level is followed by a 2x max-pool, so the network downsamples
+            by ``2 ** len(features)``. The decoder mirrors it (a block, then 2x nearest upsampling, per level).
+        convs_per_level: 3x3 convolutions (+ReLU) in each encoder and decoder block.
+        skip_connections: concatenate each encoder level's features to the decoder at the same scale (U-Net style).
+        residual: predict the noise and subtract it from the input's centre channel (DnCNN style) instead of
+            predicting the clean image directly.
+        norm: optional normalisation in every block (e.g. ``"batch"``, ``"instance"``), None for Gondara's design.
+        final_activation: ``"sigmoid"`` keeps outputs in [0, 1] (Gondara); ``None`` for a linear output.
+
+    Shapes: input ``(B, in_channels, H, W)`` with any H, W >= 1 (padded internally to a multiple of the downsampling
+    factor and cropped back); output ``(B, out_channels, H, W)``. Intensities are expected in [0, 1].
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        features: Sequence[int] = (64, 64),
+        convs_per_level: int = 1,
+        skip_connections: bool = False,
+        residual: bool = False,
+        norm: str | None = None,
+        final_activation: str | None = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if not features or min(features) < 1 or convs_per_level < 1:
+            raise ValueError("features must be a non-empty list of positive widths and convs_per_level >= 1")
+        if final_activation not in (None, "sigmoid"):
+            raise ValueError(f"final_activation must be 'sigmoid' or None, not {final_activation!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.multiple = 2 ** len(features)
+        self.skip_connections, self.residual = skip_connections, residual
+        self.encoder = nn.ModuleList()
+        channels = in_channels
+        for width in features:
+            self.encoder.append(_block(channels, width, convs_per_level, norm))
+            channels = width
+        self.decoder = nn.ModuleList()
+        for width in reversed(features):
+            self.decoder.append(_block(channels, width, convs_per_level, norm))
+            channels = width + (width if skip_connections else 0)
+        self.head = Convolution(2, channels, out_channels, kernel_size=3, conv_only=True)
+        self.final = nn.Sigmoid() if final_activation == "sigmoid" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+        h = padded
+        skips = []
+        for block in self.encoder:
+            h = block(h)
+            skips.append(h)
+            h = F.max_pool2d(h, 2)
+        for block, skip in zip(self.decoder, reversed(skips), strict=True):
+            h = F.interpolate(block(h), scale_factor=2.0, mode="nearest")
+            if self.skip_connections:
+                h = torch.cat([h, skip], dim=1)
+        out = self.head(h)
+        if self.residual:
+            centre = self.in_channels // 2
+            out = padded[:, centre : centre + self.out_channels] - out
+        return self.final(out)[..., :height, :width]
