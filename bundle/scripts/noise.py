@@ -35,14 +35,14 @@ def _format_level(value: Level) -> str:
 
 def _parse_level(name: str, text: str) -> Level:
     try:
-        if ".." in text:
-            low, high = (float(part) for part in text.split("..", 1))
-            if not low <= high:
-                raise NoiseSpecError(f"noise parameter {name}={text}: the range must be LOW..HIGH with LOW <= HIGH")
-            return (low, high)
-        return float(text)
+        values = tuple(float(part) for part in text.split("..", 1))
     except ValueError:
         raise NoiseSpecError(f"noise parameter {name}={text!r} is not a number or a LOW..HIGH range") from None
+    if len(values) == 1:
+        return values[0]
+    if not values[0] <= values[1]:
+        raise NoiseSpecError(f"noise parameter {name}={text}: the range must be LOW..HIGH with LOW <= HIGH")
+    return values
 
 
 class NoiseModel(RandomizableTransform):

@@ -1,0 +1,74 @@
+"""The denoising autoencoder: Gondara's design by default, any slice size in and out, configurable variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scripts.networks import DenoisingAutoencoder
+
+
+def test_default_is_gondaras_design():
+    network = DenoisingAutoencoder()
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 64, (3, 3)),
+        (64, 64, (3, 3)),
+        (64, 64, (3, 3)),
+        (64, 64, (3, 3)),
+        (64, 1, (3, 3)),
+    ]
+    assert sum(p.numel() for p in network.parameters()) == 112_001  # ~112k, as in the paper
+    out = network(torch.rand(2, 1, 64, 64))
+    assert out.shape == (2, 1, 64, 64) and out.min() >= 0 and out.max() <= 1, "sigmoid output"
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (64, 64), (181, 217), (127, 33)])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"features": (16, 32, 64), "skip_connections": True, "residual": True, "final_activation": None}],
+)
+def test_any_slice_size_maps_to_itself(height, width, options):
+    network = DenoisingAutoencoder(**options).eval()
+    with torch.inference_mode():
+        assert network(torch.rand(1, 1, height, width)).shape == (1, 1, height, width)
+
+
+def test_padding_does_not_leak_into_the_result():
+    torch.manual_seed(0)
+    network = DenoisingAutoencoder(features=(8, 8)).eval()
+    image = torch.rand(1, 1, 70, 70)
+    with torch.inference_mode():
+        whole = network(image)  # padded to 72
+        unpadded = network(image[..., :64, :64])  # a multiple of 4: no padding
+    # Away from the padded border (beyond the receptive field), the result does not depend on the padding.
+    assert torch.allclose(whole[..., :32, :32], unpadded[..., :32, :32], atol=1e-6)
+
+
+def test_residual_predicts_the_noise():
+    network = DenoisingAutoencoder(features=(8,), residual=True, final_activation=None)
+    torch.nn.init.zeros_(network.head.conv.weight)
+    torch.nn.init.zeros_(network.head.conv.bias)
+    image = torch.rand(1, 1, 16, 16)
+    assert torch.equal(network(image), image), "a zero noise estimate returns the input"
+
+
+def test_two_and_a_half_d_input_denoises_the_centre_slice():
+    network = DenoisingAutoencoder(in_channels=3, features=(8, 8), residual=True, final_activation=None)
+    torch.nn.init.zeros_(network.head.conv.weight)
+    torch.nn.init.zeros_(network.head.conv.bias)
+    stack = torch.rand(2, 3, 20, 24)
+    assert torch.equal(network(stack), stack[:, 1:2])
+
+
+def test_skip_connections_and_norm_build():
+    network = DenoisingAutoencoder(features=(16, 32), convs_per_level=2, skip_connections=True, norm="batch")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    assert network(torch.rand(2, 1, 40, 40)).shape == (2, 1, 40, 40)
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="features"):
+        DenoisingAutoencoder(features=())
+    with pytest.raises(ValueError, match="final_activation"):
+        DenoisingAutoencoder(final_activation="tanh")
