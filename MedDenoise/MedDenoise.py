@@ -1,0 +1,599 @@
+"""MedDenoise: deep-learning denoising of a loaded CT, MR or X-ray volume in 3D Slicer.
+
+The heavy work runs in a separate Python process (``MedDenoiseLib/worker.py`` on the bundle's engine), so the viewer
+never freezes and Cancel can stop a run at once. The volume travels as a temporary NRRD file with its geometry; the
+result is read back into a volume that copies the input's geometry, so input and output overlay exactly.
+"""
+
+import dataclasses
+import enum
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from MedDenoiseLib import (
+    JobCancelledError,
+    ModelInfo,
+    ModuleError,
+    WorkerJob,
+    find_shipped_bundle,
+    read_model_info,
+    read_volume_file,
+    requirements,
+    unmet,
+    worker_command,
+    write_volume_file,
+)
+from MedDenoiseLib.dependencies import WORKER_PACKAGES
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = Path(__file__).resolve().parent
+#: A sample to try the module on (Slicer's MRHead testing data).
+SAMPLE_URL = "https://github.com/Slicer/SlicerTestingData/releases/download/MD5/39b01631b7b38232a220007230624c8e"
+SAMPLE_CHECKSUM = "MD5:39b01631b7b38232a220007230624c8e"
+
+
+class MedDenoise(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedDenoise"
+        self.parent.categories = ["Filtering.Denoising"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedDenoise developers"]
+        self.parent.helpText = """
+Removes noise from a CT, MR or X-ray volume with a deep-learning model (a MONAI bundle), slice by slice.
+Choose the input volume and press Apply; the result is a new volume with the same geometry and units, shown over the
+input. Optionally choose a clean reference volume to get PSNR/SSIM before and after, or add synthetic noise to a volume
+to try the model. The first run asks to install PyTorch and MONAI. For research and viewing; not for diagnosis.
+"""
+        self.parent.acknowledgementText = """
+Built on MONAI, PyTorch, SimpleITK and the 3D Slicer scripted-module template (Jean-Christophe Fillion-Robin, Kitware,
+Andras Lasso, PerkLab, and Steve Pieper, Isomics, funded in part by NIH grant 3P41RR013218-12S1).
+"""
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add an MR head to the Sample Data module under "MedDenoise" to try the module on."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MedDenoise",
+        sampleName="MedDenoiseMRHead",
+        thumbnailFileName=str(MODULE_DIR / "Resources" / "Icons" / "MedDenoise.png"),
+        uris=SAMPLE_URL,
+        fileNames="MR-head.nrrd",
+        checksums=SAMPLE_CHECKSUM,
+        nodeNames="MRHead",
+    )
+
+
+class SliceAxis(enum.Enum):
+    """Axis of the K x J x I voxel array the 2D model slides along; K is the acquisition plane (no resampling)."""
+
+    K = 0
+    J = 1
+    I = 2  # noqa: E741 - the IJK axis name
+
+    def label(self) -> str:
+        return {0: "K (acquisition slices)", 1: "J (rows)", 2: "I (columns)"}[self.value]
+
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+@parameterNodeWrapper
+class MedDenoiseParameterNode:
+    """The panel's state, saved with the scene.
+
+    inputVolume: the volume to denoise. outputVolume: where the result goes; none = a new volume each run.
+    referenceVolume: optional clean volume for PSNR/SSIM. useCustomModel/customModelPath: a bundle folder or .zip
+    instead of the shipped model. allowInputOverwrite: the only way the input volume can be the output.
+    noiseSpec/noiseSeed: the add-noise utility (spec syntax of the bundle's ``scripts.noise``).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    referenceVolume: vtkMRMLScalarVolumeNode
+    useCustomModel: bool = False
+    customModelPath: Path
+    axis: SliceAxis = SliceAxis.K
+    strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    allowInputOverwrite: bool = False
+    noiseSpec: str = "gaussian:factor=0.1,mean=0,std=1"
+    noiseSeed: int = 0
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished job produced: the output volume, its scores against the reference (if any) and the time taken."""
+
+    volume: vtkMRMLScalarVolumeNode
+    seconds: float
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+    def metricsText(self) -> str:
+        """``PSNR 24.1 -> 31.0 dB, SSIM 0.52 -> 0.83`` (input -> output against the reference); empty without one."""
+        if not self.metrics:
+            return ""
+        before, after = self.metrics["before"], self.metrics["after"]
+        return (
+            f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, "
+            f"SSIM {before['ssim']:.3f} -> {after['ssim']:.3f} (input -> output vs. reference)"
+        )
+
+
+class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedDenoise.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedDenoiseLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.addNoiseButton.connect("clicked(bool)", self.onAddNoiseButton)
+        self.ui.noisePresetComboBox.addItems(self.logic.noisePresets())
+        self.ui.noisePresetComboBox.connect("currentTextChanged(QString)", self.onNoisePreset)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    def updateGUI(self, caller=None, event=None) -> None:
+        """Enable what can be used now and say what the chosen model is (or why it cannot be used)."""
+        params = self._parameterNode
+        running = self._job is not None
+        self.ui.customModelPathLineEdit.enabled = params.useCustomModel and not running
+        self.ui.modelInfoLabel.text = self._modelDescription()
+        self.ui.applyButton.text = "Cancel" if running else "Apply"
+        self.ui.applyButton.enabled = running or bool(params.inputVolume)
+        self.ui.applyButton.toolTip = "Stop the running job" if running else "Denoise the input volume"
+        self.ui.addNoiseButton.enabled = not running and bool(params.inputVolume)
+
+    def _modelDescription(self) -> str:
+        try:
+            return self.logic.modelInfo(self._chosenModel()).description
+        except ModuleError as error:
+            return str(error)
+
+    def _chosenModel(self) -> Path | None:
+        """The user's bundle path, or ``None`` for the shipped model."""
+        params = self._parameterNode
+        if not params.useCustomModel:
+            return None
+        if str(params.customModelPath) in ("", "."):  # an empty path line edit reads as "."
+            raise ModuleError("choose a bundle folder or .zip, or untick 'Custom model' to use the shipped model")
+        return params.customModelPath
+
+    def onNoisePreset(self, text: str) -> None:
+        self._parameterNode.noiseSpec = text
+
+    def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            return
+        params = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Denoising could not start.", waitCursor=True):
+            model = self._chosenModel()
+            self.logic.ensureDependencies(model)
+            self._start(
+                self.logic.process(
+                    params.inputVolume,
+                    params.outputVolume,
+                    model=model,
+                    axis=params.axis.value,
+                    strength=params.strength,
+                    device=params.device,
+                    referenceVolume=params.referenceVolume,
+                    allowInputOverwrite=params.allowInputOverwrite,
+                    waitForCompletion=False,
+                    onProgress=self.onProgress,
+                    onFinished=self.onFinished,
+                )
+            )
+
+    def onAddNoiseButton(self) -> None:
+        params = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Adding noise could not start.", waitCursor=True):
+            self.logic.ensureDependencies(None)
+            self._start(
+                self.logic.addNoise(
+                    params.inputVolume,
+                    params.noiseSpec,
+                    seed=params.noiseSeed,
+                    waitForCompletion=False,
+                    onProgress=self.onProgress,
+                    onFinished=self.onFinished,
+                )
+            )
+
+    def _start(self, job: WorkerJob) -> None:
+        self._job = job
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = job.status
+        self.ui.metricsLabel.text = ""
+        self.updateGUI()
+
+    def onProgress(self, job: WorkerJob) -> None:
+        done, total = job.progress
+        self.ui.progressBar.setMaximum(max(total, 1))
+        self.ui.progressBar.setValue(done)
+        self.ui.statusLabel.text = f"{job.status}: {done}/{total} slices" if total else job.status
+
+    def onFinished(self, result: RunResult | None, error: Exception | None) -> None:
+        self._job = None
+        self.updateGUI()
+        if isinstance(error, JobCancelledError):
+            self.ui.statusLabel.text = "Cancelled; nothing was changed."
+        elif error is not None:
+            self.ui.statusLabel.text = "Failed; nothing was changed."
+            slicer.util.errorDisplay(str(error), windowTitle="MedDenoise")
+        else:
+            self.ui.progressBar.setValue(self.ui.progressBar.maximum)
+            self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s: {result.volume.GetName()}"
+            self.ui.metricsLabel.text = result.metricsText()
+
+
+class MedDenoiseLogic(ScriptedLoadableModuleLogic):
+    """Denoising and noise utilities on volume nodes; works without the GUI (scripts, tests, batch).
+
+    Every run writes the input to a temporary NRRD, runs the worker and only then touches the scene, so a failed or
+    cancelled run leaves the scene unchanged.
+    """
+
+    #: How often (ms) a background run is checked for progress.
+    POLL_INTERVAL_MS = 100
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.bundle = find_shipped_bundle(MODULE_DIR)
+
+    def getParameterNode(self):
+        return MedDenoiseParameterNode(super().getParameterNode())
+
+    def modelInfo(self, model: str | os.PathLike | None = None) -> ModelInfo:
+        """The validated metadata of ``model`` (a bundle folder or .zip), or of the shipped model."""
+        return read_model_info(model or self.bundle)
+
+    def noisePresets(self) -> list[str]:
+        """The benchmark's noise settings (the bundle's ``scripts.noise.DEFAULT_SETTINGS``), read without importing."""
+        import ast
+
+        source = (self.bundle / "scripts" / "noise.py").read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "DEFAULT_SETTINGS":
+                return list(ast.literal_eval(node.value))
+        return []
+
+    def ensureDependencies(self, model: str | os.PathLike | None = None) -> None:
+        """Install what the worker needs, after asking the user; never called at import time.
+
+        Torch comes from the PyTorch extension (``PyTorchUtils``), other packages through ``pip_ensure`` (Slicer 5.12+)
+        or ``pip_install`` after a confirmation. Versions follow the model's metadata.
+
+        Raises:
+            ModuleError: the user declined or the installation did not satisfy the requirements.
+        """
+        specs = requirements(self.modelInfo(model).metadata)
+        if unmet([specs["torch"]]):
+            self._installTorch(specs["torch"])
+        packages = unmet([specs[name] for name in WORKER_PACKAGES])
+        if packages:
+            ensure = getattr(getattr(slicer, "packaging", None), "pip_ensure", None)
+            if ensure is not None:
+                ensure(packages, requester="MedDenoise")
+            elif slicer.util.confirmOkCancelDisplay(
+                f"MedDenoise needs these Python packages: {', '.join(packages)}. Install them now?",
+                windowTitle="MedDenoise",
+            ):
+                slicer.util.pip_install(packages)
+        still = unmet([specs["torch"], *packages])
+        if still:
+            raise ModuleError(
+                f"MedDenoise cannot run without {', '.join(still)}; apply again and accept the installation, or "
+                "install them from the Python console with slicer.util.pip_install"
+            )
+
+    @staticmethod
+    def _installTorch(spec: str) -> None:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise ModuleError(
+                "PyTorch is missing; install the PyTorch extension from the Extensions Manager and restart Slicer"
+            ) from None
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=True, torchVersionRequirement=spec[len("torch") :]
+        )
+
+    def process(
+        self,
+        inputVolume,
+        outputVolume=None,
+        model: str | os.PathLike | None = None,
+        axis: int = 0,
+        strength: float = 1.0,
+        device: str = "auto",
+        referenceVolume=None,
+        allowInputOverwrite: bool = False,
+        showResult: bool = True,
+        waitForCompletion: bool = True,
+        onProgress: Callable[[WorkerJob], None] | None = None,
+        onFinished: Callable[[RunResult | None, Exception | None], None] | None = None,
+    ):
+        """Denoise ``inputVolume`` into ``outputVolume`` (``None``: a new volume named ``<input>_denoised``).
+
+        The output gets the input's geometry, parent transform and units; its dtype follows the engine (the input's).
+
+        Args:
+            model: a bundle folder or .zip; ``None`` for the shipped model.
+            axis: 0, 1 or 2 — the K, J or I axis of the voxel array to slide the 2D model along.
+            strength: 0 (original) .. 1 (fully denoised).
+            device: ``auto``, ``cpu`` or ``cuda``.
+            referenceVolume: a clean volume of the same shape; PSNR/SSIM before and after go to the result.
+            allowInputOverwrite: required to write into the input volume itself.
+            waitForCompletion: block and return a :class:`RunResult`; otherwise return the running
+                :class:`WorkerJob` at once (``cancel()`` stops it) and report through ``onProgress(job)`` and
+                ``onFinished(result, error)``.
+
+        Raises:
+            ModuleError: bad input, model or options (before anything runs); with ``waitForCompletion`` also a failed
+                or cancelled run.
+        """
+        self.checkInput(inputVolume)
+        if outputVolume is inputVolume and not allowInputOverwrite:
+            raise ModuleError(
+                "the output volume is the input volume; choose another output (or 'Create new volume'), or tick "
+                "'Overwrite input' to replace the input on purpose"
+            )
+        if referenceVolume is not None:
+            self.checkInput(referenceVolume, "reference")
+        if device not in DEVICES:
+            raise ModuleError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        if not 0.0 <= strength <= 1.0:
+            raise ModuleError(f"strength {strength} must be between 0 (original) and 1 (fully denoised)")
+        if model is not None:
+            model = self.modelInfo(model).path
+        workdir = Path(slicer.util.tempDirectory("MedDenoise"))
+        inputFile = self._writeVolume(inputVolume, workdir / "input.nrrd")
+        referenceFile = self._writeVolume(referenceVolume, workdir / "reference.nrrd") if referenceVolume else None
+        resultFile = workdir / "denoised.nrrd"
+        options = {"model": model, "device": device, "reference": referenceFile, "axis": axis, "strength": strength}
+        command = self._command("denoise", input=inputFile, output=resultFile, **options)
+
+        def apply(job: WorkerJob) -> RunResult:
+            volume = self._importResult(resultFile, inputVolume, outputVolume, f"{inputVolume.GetName()}_denoised")
+            if showResult:
+                slicer.util.setSliceViewerLayers(background=inputVolume, foreground=volume, foregroundOpacity=0.5)
+            return RunResult(volume, 0.0, job.metrics)
+
+        return self._run(command, device, workdir, apply, waitForCompletion, onProgress, onFinished)
+
+    def addNoise(
+        self,
+        inputVolume,
+        noiseSpec: str,
+        seed: int = 0,
+        waitForCompletion: bool = True,
+        onProgress: Callable[[WorkerJob], None] | None = None,
+        onFinished: Callable[[RunResult | None, Exception | None], None] | None = None,
+    ):
+        """A new float volume ``<input>_noisy``: the input plus synthetic noise (``noiseSpec``, e.g.
+        ``gaussian:factor=0.1``) drawn on the [0, 1] scale of the input's intensity window. Returns like
+        :meth:`process`."""
+        self.checkInput(inputVolume)
+        workdir = Path(slicer.util.tempDirectory("MedDenoise"))
+        inputFile = self._writeVolume(inputVolume, workdir / "input.nrrd")
+        resultFile = workdir / "noisy.nrrd"
+        command = self._command("add-noise", input=inputFile, output=resultFile, noise=noiseSpec, seed=seed)
+
+        def apply(job: WorkerJob) -> RunResult:
+            return RunResult(self._importResult(resultFile, inputVolume, None, f"{inputVolume.GetName()}_noisy"), 0.0)
+
+        return self._run(command, "cpu", workdir, apply, waitForCompletion, onProgress, onFinished)
+
+    @staticmethod
+    def checkInput(volume, role: str = "input") -> None:
+        """A single-component 3D scalar volume with voxels, or a :class:`ModuleError` that says what is wrong."""
+        if volume is None:
+            raise ModuleError(f"no {role} volume; load a CT, MR or X-ray volume and choose it as the {role}")
+        name = volume.GetName()
+        if volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ModuleError(f"'{name}' is a label map (a segmentation), not an image; choose a grey-level volume")
+        if not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLVectorVolumeNode"):
+            raise ModuleError(
+                f"'{name}' is a {volume.GetClassName()}; MedDenoise denoises single-component scalar volumes — "
+                "convert colour or multi-component (4D) volumes to one scalar volume first"
+            )
+        imageData = volume.GetImageData()
+        if imageData is None or 0 in imageData.GetDimensions():
+            raise ModuleError(f"'{name}' has no voxels; load the image data first")
+        if imageData.GetNumberOfScalarComponents() != 1:
+            raise ModuleError(
+                f"'{name}' has {imageData.GetNumberOfScalarComponents()} components per voxel; choose a scalar volume"
+            )
+
+    @staticmethod
+    def _writeVolume(volume, path: Path) -> Path:
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        return write_volume_file(path, slicer.util.arrayFromVolume(volume), slicer.util.arrayFromVTKMatrix(matrix))
+
+    def _command(self, action: str, **options) -> list[str]:
+        # PythonSlicer runs Slicer's Python with Slicer's packages; outside Slicer (tests) this very interpreter.
+        python = shutil.which("PythonSlicer") or sys.executable
+        return worker_command(python, self.bundle, action, **options)
+
+    @staticmethod
+    def _importResult(resultFile: Path, inputVolume, outputVolume, name: str):
+        """Read the worker's result into ``outputVolume`` (``None``: a new clone of the input's geometry)."""
+        array, resultMatrix = read_volume_file(resultFile)
+        inputMatrix = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(inputMatrix)
+        if not np.allclose(resultMatrix, slicer.util.arrayFromVTKMatrix(inputMatrix), atol=1e-4):
+            raise ModuleError("the worker's result lost the input's geometry; nothing was changed (please report)")
+        if outputVolume is None:
+            outputVolume = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(
+                slicer.mrmlScene, inputVolume, slicer.mrmlScene.GenerateUniqueName(name)
+            )
+        elif outputVolume is not inputVolume:
+            outputVolume.CopyOrientation(inputVolume)
+            outputVolume.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        slicer.util.updateVolumeFromArray(outputVolume, array)
+        return outputVolume
+
+    def _run(self, command, device, workdir, apply, waitForCompletion, onProgress, onFinished):
+        """Start the worker; finish with ``apply(job)`` (which touches the scene) only when it succeeded."""
+        env = dict(slicer.util.startupEnvironment())
+        if device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = "-1"  # the worker must not even initialise a GPU
+        started = time.monotonic()
+        job = WorkerJob(command, env=env)
+        logging.info("MedDenoise: %s", " ".join(command))
+
+        def finish() -> RunResult:
+            try:
+                job.check()
+                result = apply(job)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            result.seconds = time.monotonic() - started
+            return result
+
+        def report(event: dict) -> None:
+            if onProgress is not None:
+                onProgress(job)
+
+        if waitForCompletion:
+            job.wait(report)
+            return finish()
+
+        timer = qt.QTimer()
+        timer.setInterval(self.POLL_INTERVAL_MS)
+
+        def poll() -> None:
+            if job.poll() and onProgress is not None:
+                onProgress(job)
+            if not job.finished:
+                return
+            timer.stop()
+            try:
+                result, error = finish(), None
+            except ModuleError as failure:
+                result, error = None, failure
+            if onFinished is not None:
+                onFinished(result, error)
+
+        timer.timeout.connect(poll)
+        timer.start()
+        job.timer = timer  # the timer lives as long as the job
+        return job
+
+
+class MedDenoiseTest(ScriptedLoadableModuleTest):
+    """Self-test inside Slicer: noise a sample volume, denoise it, check that PSNR against the original rises."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_denoise_raises_psnr()
+        self.setUp()
+        self.test_errors_leave_scene_unchanged()
+
+    def _sample(self):
+        import SampleData
+
+        registerSampleData()
+        volume = SampleData.downloadSample("MedDenoiseMRHead")
+        # A slab of 12 central slices keeps the self-test short on a CPU.
+        array = slicer.util.arrayFromVolume(volume)
+        middle = array.shape[0] // 2
+        slab = slicer.modules.volumes.logic().CloneVolumeWithoutImageData(slicer.mrmlScene, volume, "MRHeadSlab")
+        slicer.util.updateVolumeFromArray(slab, array[middle - 6 : middle + 6].copy())
+        return slab
+
+    def test_denoise_raises_psnr(self):
+        self.delayDisplay("Noising and denoising a sample volume")
+        logic = MedDenoiseLogic()
+        logic.ensureDependencies()
+        clean = self._sample()
+        noisy = logic.addNoise(clean, "gaussian:factor=0.1,mean=0,std=1", seed=0).volume
+        result = logic.process(noisy, referenceVolume=clean, device="cpu")
+        self.assertEqual(result.volume.GetImageData().GetDimensions(), clean.GetImageData().GetDimensions())
+        self.assertGreater(result.metrics["after"]["psnr"], result.metrics["before"]["psnr"])
+        self.delayDisplay(f"Test passed: {result.metricsText()}")
+
+    def test_errors_leave_scene_unchanged(self):
+        logic = MedDenoiseLogic()
+        sample = self._sample()
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ModuleError):
+            logic.process(labelmap)
+        with self.assertRaises(ModuleError):
+            logic.process(sample, model=MODULE_DIR / "no-such-bundle")
+        with self.assertRaises(ModuleError):
+            logic.process(sample, outputVolume=sample)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
