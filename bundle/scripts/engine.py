@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 
+from .bundle_archive import extract_bundle
 from .errors import BundleError, CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .networks import DenoisingAutoencoder
@@ -117,13 +118,18 @@ def load_bundle(
     device: str | torch.device = "auto",
     torchscript: bool = False,
 ) -> LoadedModel:
-    """Load a bundle folder's network and weights (default: this bundle, with its shipped model).
+    """Load a bundle folder's or release zip's network and weights (default: this bundle, with its shipped model).
+
+    A ``.zip`` (from ``scripts/package_bundle.py`` or the Model Zoo) is extracted safely into the user's cache folder
+    first (:func:`scripts.bundle_archive.extract_bundle`); no code from it is run.
 
     Weights come from ``models/model.pt`` (a state dict, loaded with ``weights_only=True``) into the network built by
     :func:`build_network`; with ``torchscript=True`` from ``models/model.ts``. The network's input channels must match
     the metadata (``network_data_format.inputs.image.num_channels``).
     """
     bundle_dir = Path(bundle) if bundle else BUNDLE_ROOT
+    if bundle_dir.suffix.lower() == ".zip":
+        bundle_dir = extract_bundle(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir}: no such bundle folder")
     metadata, config = read_bundle_config(bundle_dir)
