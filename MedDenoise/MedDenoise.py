@@ -202,6 +202,8 @@ class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateGUI(self, caller=None, event=None) -> None:
         """Enable what can be used now and say what the chosen model is (or why it cannot be used)."""
         params = self._parameterNode
+        if params is None:  # the module was left or the scene closed; enter() connects a node again
+            return
         running = self._job is not None
         self.ui.customModelPathLineEdit.enabled = params.useCustomModel and not running
         self.ui.modelInfoLabel.text = self._modelDescription()

@@ -69,7 +69,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     if not path.exists():
         raise ModuleError(f"{path}: no such bundle folder or .zip file; choose a MONAI bundle")
     if path.is_dir():
-        members = {str(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file()}
+        members = {name for name in (METADATA, *WEIGHTS) if (path / name).is_file()}
         metadata_text = (path / METADATA).read_bytes() if METADATA in members else None
         prefix = ""
     elif zipfile.is_zipfile(path):
