@@ -24,7 +24,7 @@ from .intensity import IntensityWindow
 from .noise import parse_noise
 
 SPLITS = ("training", "validation", "test")
-_MODALITY_WORDS = {"ct": "CT", "mr": "MR", "mri": "MR", "xray": "XR", "x-ray": "XR", "cr": "XR", "dx": "XR"}
+_MODALITY_WORDS = {"ct": "CT", "mr": "MR", "mri": "MR", "xr": "XR", "xray": "XR", "cr": "XR", "dx": "XR"}
 _DICOM_XRAY = {"CR", "DX", "RG", "MG", "RF", "XA", "IO", "PX"}
 
 
@@ -173,9 +173,12 @@ def make_datalist(
     output_file: str | os.PathLike | None = None,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    include_embedded: bool = False,
 ) -> dict[str, list[dict]]:
     """The data list of ``dataset_dir`` (split by group), or of the embedded data when it is empty/None/``embedded``.
 
+    ``include_embedded`` adds the embedded data's fixed splits to the folder's (training to training, test to test),
+    so one model can train on both while neither test split is ever trained on.
     ``output_file`` (optional) receives the list as JSON.
     """
     if not dataset_dir or str(dataset_dir) == "embedded":
@@ -185,6 +188,9 @@ def make_datalist(
         if not items:
             raise ImageReadError(f"{dataset_dir}: no readable images found (searched recursively)")
         datalist = split_by_group(items, fractions, seed)
+        if include_embedded:
+            embedded = embedded_datalist()
+            datalist = {split: datalist[split] + embedded[split] for split in SPLITS}
     if output_file:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(output_file).write_text(json.dumps(datalist, indent=1))
