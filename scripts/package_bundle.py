@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             print("checked: the zip extracts safely (inference not run: no weights inside or --skip_check)")
         else:
             difference = check_release(zip_path, Path(args.bundle))
-            print(f"checked: loaded from a fresh folder; a real CT slice denoised, max |zip - folder| = {difference:.3g}")
+            print(
+                f"checked: loaded from a fresh folder; a real CT slice denoised, max |zip - folder| = {difference:.3g}"
+            )
     except MedDenoiseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
