@@ -94,10 +94,10 @@ class DenoisingAutoencoder(nn.Module):
             h = block(h)
             skips.append(h)
             h = F.max_pool2d(h, 2)
-        for block, skip in zip(self.decoder, reversed(skips), strict=True):
+        for level, block in enumerate(self.decoder):  # indexing, not zip(reversed()): TorchScript (ckpt_export)
             h = F.interpolate(block(h), scale_factor=2.0, mode="nearest")
             if self.skip_connections:
-                h = torch.cat([h, skip], dim=1)
+                h = torch.cat([h, skips[-1 - level]], dim=1)
         out = self.unstem(self.head(h))
         if self.residual:
             centre = self.in_channels // 2
