@@ -161,12 +161,24 @@ def _load_weights(network: torch.nn.Module, checkpoint: Path) -> None:
         raise BundleError(f"{checkpoint}: not a loadable weights file ({error})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    result = network.load_state_dict(state, strict=False)
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # same names, other shapes
+        raise BundleError(
+            f"{checkpoint}: the weights do not fit network_def ({_first_line(error)}); "
+            "the checkpoint belongs to a different network"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise BundleError(
             f"{checkpoint}: the weights do not fit network_def (missing: {result.missing_keys[:3]}, "
             f"unexpected: {result.unexpected_keys[:3]}); the checkpoint belongs to a different network"
         )
+
+
+def _first_line(error: Exception) -> str:
+    """The first specific line of a PyTorch error (its state-dict messages list every tensor)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
 
 
 def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:

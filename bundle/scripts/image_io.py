@@ -203,6 +203,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, like: Volume, overwr
     fd, partial = tempfile.mkstemp(prefix=f".{stem(path)}.", suffix=f".partial{ext}", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes it private; the result gets a normal file's mode
         with _sitk_quiet():
             sitk.WriteImage(image, partial, useCompression=ext in (".nii.gz", ".nrrd", ".mha"))
         os.replace(partial, path)
@@ -212,6 +213,12 @@ def write_image(path: str | os.PathLike, array: np.ndarray, like: Volume, overwr
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _first_line(error: Exception) -> str:
