@@ -1,0 +1,114 @@
+"""The bundle's inference config and its TorchScript export, run the way MONAI runs them."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.bundle import ckpt_export, run
+
+from scripts.engine import BUNDLE_ROOT, denoise_volume, load_bundle
+from scripts.errors import BundleError
+from scripts.image_io import Volume, read_image, write_image
+
+CONFIGS = BUNDLE_ROOT / "configs"
+
+
+def test_network_def_matches_training():
+    inference = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    assert inference["network_def"] == train["network_def"]
+
+
+def test_run_denoises_a_folder_keeping_geometry_and_sub_folders(tmp_path, dicom_series_dir, embedded):
+    dataset = tmp_path / "dataset"
+    shutil.copytree(dicom_series_dir, dataset / "patient1" / "ct_series")
+    mr = read_image(embedded["validation"][1]["image"])  # pydicom's MR_small: 64 x 64 int16
+    write_image(dataset / "mr.nrrd", mr.array, like=mr)
+    output_dir = tmp_path / "eval"
+    run(
+        config_file=str(CONFIGS / "inference.yaml"),
+        dataset_dir=str(dataset),
+        output_dir=str(output_dir),
+        device="$torch.device('cpu')",
+    )
+    written = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*.nii.gz"))
+    assert written == ["mr_denoised.nii.gz", "patient1/ct_series_denoised.nii.gz"]
+    for source, result in [
+        (read_image(dicom_series_dir), read_image(output_dir / written[1])),
+        (mr, read_image(output_dir / written[0])),
+    ]:
+        assert result.array.shape == source.array.shape and result.array.dtype == source.array.dtype
+        np.testing.assert_allclose(result.spacing, source.spacing, rtol=1e-6)
+        np.testing.assert_allclose(result.origin, source.origin, atol=1e-4)
+        np.testing.assert_allclose(result.direction, source.direction, atol=1e-6)
+        assert not np.array_equal(result.array, source.array)
+    assert sorted(path.name for path in (dataset / "patient1" / "ct_series").iterdir()) == sorted(
+        path.name for path in dicom_series_dir.iterdir()
+    )
+
+
+@pytest.fixture(scope="module")
+def exported_bundle(tmp_path_factory):
+    """A copy of the bundle with ``models/model.ts`` exported by MONAI's ``ckpt_export`` from ``models/model.pt``."""
+    folder = tmp_path_factory.mktemp("exported") / "bundle"
+    shutil.copytree(CONFIGS, folder / "configs")
+    shutil.copytree(BUNDLE_ROOT / "models", folder / "models", ignore=shutil.ignore_patterns("*.ts"))
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(folder / "models" / "model.ts"),
+        ckpt_file=str(folder / "models" / "model.pt"),
+        meta_file=str(folder / "configs" / "metadata.json"),
+        config_file=str(folder / "configs" / "inference.yaml"),
+    )
+    return folder
+
+
+def test_torchscript_equals_checkpoint_on_a_real_slice(exported_bundle, ct_slice):
+    checkpoint = load_bundle(exported_bundle, device="cpu")
+    scripted = load_bundle(exported_bundle, device="cpu", torchscript=True)
+    assert isinstance(scripted.network, torch.jit.ScriptModule)
+    odd = torch.from_numpy(np.ascontiguousarray(ct_slice[None, None, 100:281, 150:367]))  # 181 x 217: padded inside
+    with torch.inference_mode():
+        expected, actual = checkpoint.network(odd), scripted.network(odd)
+    assert actual.shape == odd.shape
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def test_engine_runs_from_torchscript(exported_bundle, ct_volume_int16):
+    volume = ct_volume_int16[:3, :96, :112]
+    from_checkpoint = denoise_volume(volume, load_bundle(exported_bundle, device="cpu"), float_output=True)
+    scripted = load_bundle(exported_bundle, device="cpu", torchscript=True)
+    np.testing.assert_allclose(denoise_volume(volume, scripted, float_output=True), from_checkpoint, atol=1e-2)
+
+
+def test_missing_or_broken_torchscript_is_named(tmp_path, exported_bundle):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported_bundle, bundle, ignore=shutil.ignore_patterns("*.ts"))
+    with pytest.raises(BundleError, match="TorchScript model is missing"):
+        load_bundle(bundle, device="cpu", torchscript=True)
+    (bundle / "models" / "model.ts").write_bytes((bundle / "models" / "model.pt").read_bytes())
+    with pytest.raises(BundleError, match="not a loadable TorchScript model"):
+        load_bundle(bundle, device="cpu", torchscript=True)
+
+
+def test_a_flat_picture_folder_with_a_window(tmp_path, ct_slice):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    image = (ct_slice[:128, :160] * 255).round().astype(np.uint8)
+    write_image(pictures / "slice.png", image, like=Volume(image, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+    run(
+        config_file=str(CONFIGS / "inference.yaml"),
+        dataset_dir=str(pictures),
+        output_dir=str(tmp_path / "out"),
+        window=[0, 255],
+        output_ext=".png",
+        strength=0.5,
+        device="$torch.device('cpu')",
+    )
+    result = read_image(tmp_path / "out" / "slice_denoised.png").array
+    assert result.shape == image.shape and result.dtype == np.uint8
+    assert 0 < np.abs(result.astype(int) - image).mean() < 20
