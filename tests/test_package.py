@@ -100,6 +100,17 @@ def test_unsafe_zip_is_refused(tmp_path, entries, symlink, message):
     assert not (tmp_path / "cache" / "deep").exists()
 
 
+def test_zip_of_a_bundle_folder_content_is_accepted(bundle_copy, tmp_path):
+    flat = tmp_path / "flat.zip"
+    with zipfile.ZipFile(flat, "w") as archive:
+        for path in (bundle_copy / "configs").iterdir():
+            archive.write(path, f"configs/{path.name}")
+        archive.write(bundle_copy / "models" / "model.pt", "models/model.pt")
+    extracted = extract_bundle(flat, cache_dir=tmp_path / "cache")
+    assert (extracted / "models" / "model.pt").read_bytes() == (bundle_copy / "models" / "model.pt").read_bytes()
+    assert extracted.parent == tmp_path / "cache"
+
+
 def test_oversized_or_non_zip_is_refused(tmp_path):
     from scripts import bundle_archive
 

@@ -165,7 +165,8 @@ def pack_bundle(
 
 
 def check_members(archive: zipfile.ZipFile, max_members: int = MAX_MEMBERS, max_bytes: int = MAX_UNPACKED_BYTES) -> str:
-    """Refuse anything a bundle zip has no reason to hold; returns the single top-level folder's name.
+    """Refuse anything a bundle zip has no reason to hold; returns the bundle's folder inside the zip: the single
+    top-level folder (zoo releases), or ``""`` when ``configs/metadata.json`` sits at the top (a zipped folder's content).
 
     Refused: absolute paths, drive letters, backslashes, ``..`` components, symbolic links and other special files,
     more than one top-level folder, more than ``max_members`` entries or ``max_bytes`` unpacked.
@@ -185,6 +186,8 @@ def check_members(archive: zipfile.ZipFile, max_members: int = MAX_MEMBERS, max_
         if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no Unix mode stored
             raise BundleError(f"{archive.filename}: entry {name!r} is a symbolic link or special file; refusing")
         tops.add(parts[0])
+    if "configs/metadata.json" in archive.namelist():
+        return ""
     if len(tops) != 1 or not any(PurePosixPath(i.filename).parts[1:] for i in infos):
         raise BundleError(
             f"{archive.filename}: expected one top-level bundle folder, found {sorted(tops)}; "
