@@ -1,0 +1,85 @@
+"""Noise-level readout: the standard deviation of the noise in a scan, in its native units and on the [0, 1] scale.
+
+The estimator is the wavelet one of ``skimage.restoration.estimate_sigma`` (Donoho's median absolute deviation of the
+finest diagonal detail coefficients) with one change measured to matter on real images: coefficients where the local
+mean lies within two sigmas of the slice's minimum or maximum are left out (and sigma re-estimated, three times),
+because noise there is clipped (at 0 and 1 after windowing, at a detector's ceiling, at the air padding outside a CT's
+field of view) and has a smaller spread that drags the estimate down. On real CT/MR/X-ray slices noised with known
+Gaussian noise this cuts the mean error from 8-17 % to 1-5 % (``scripts/bench_selfsupervised.py`` prints the table).
+Very heavy noise that is mostly clipped (sigma 0.5 of the window) is still underestimated by about a third.
+
+>>> level = estimate_noise_level(volume)   # K x J x I or J x I, native units
+>>> print(level)                           # noise sigma 21.4 (0.052 of the window [-160, 240])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pywt
+
+from .engine import check_volume
+from .errors import InvalidImageError
+from .intensity import IntensityWindow
+
+#: Donoho's constant: the median absolute value of a standard normal variable.
+_MAD_TO_SIGMA = 0.6745
+#: Coefficients whose local mean is closer than this many sigmas to the slice's extremes may hold clipped noise.
+_CLIP_MARGIN = 2.0
+_REFINEMENTS = 3
+#: Keep refining only while at least this fraction of the coefficients is far from the extremes.
+_MIN_USABLE_FRACTION = 0.05
+#: Smallest slice side the wavelet transform can measure.
+_MIN_SIDE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseLevel:
+    """An estimated noise standard deviation: ``sigma`` in the volume's native units (HU, MR magnitude, counts) and
+    ``sigma_scaled`` on the [0, 1] scale of ``window`` (the scale the networks see)."""
+
+    sigma: float
+    sigma_scaled: float
+    window: IntensityWindow
+
+    def __str__(self) -> str:
+        return f"noise sigma {self.sigma:.3g} ({self.sigma_scaled:.3f} of the window [{self.window.low:.4g}, {self.window.high:.4g}])"
+
+
+def slice_noise_sigma(image: np.ndarray) -> float:
+    """Noise standard deviation of one 2D image (H x W, any units, H and W >= 4), in the image's units."""
+    image = np.asarray(image, dtype=np.float64)
+    approximation, (_, _, diagonal) = pywt.dwt2(image, "db2")
+    local_mean = approximation / 2.0  # the db2 low-pass filter sums to sqrt(2) along each axis
+    low, high = image.min(), image.max()
+    sigma = np.median(np.abs(diagonal)) / _MAD_TO_SIGMA
+    for _ in range(_REFINEMENTS):
+        unclipped = (local_mean - low > _CLIP_MARGIN * sigma) & (high - local_mean > _CLIP_MARGIN * sigma)
+        if unclipped.sum() < _MIN_USABLE_FRACTION * unclipped.size:
+            break
+        sigma = np.median(np.abs(diagonal[unclipped])) / _MAD_TO_SIGMA
+    return float(sigma)
+
+
+def estimate_noise_level(
+    volume: np.ndarray, window: IntensityWindow | None = None, axis: int = 0, max_slices: int = 16
+) -> NoiseLevel:
+    """Estimate the noise level of a K x J x I volume (or a J x I image) in native units; never modifies it.
+
+    Args:
+        volume: the scan in native units.
+        window: the [0, 1] mapping used for ``sigma_scaled``; default :meth:`IntensityWindow.from_data`, as the
+            denoising engine uses.
+        axis: slicing axis; the estimate is the median over up to ``max_slices`` evenly spaced slices.
+    """
+    volume = check_volume(volume, axis)
+    window = window or IntensityWindow.from_data(volume)
+    stack = np.moveaxis(volume, axis, 0) if volume.ndim == 3 else volume[None]
+    if min(stack.shape[1:]) < _MIN_SIDE:
+        raise InvalidImageError(
+            f"slices of shape {stack.shape[1:]} are too small to estimate noise; each side needs {_MIN_SIDE} pixels"
+        )
+    indices = np.unique(np.linspace(0, stack.shape[0] - 1, min(max_slices, stack.shape[0])).round().astype(int))
+    sigma = float(np.median([slice_noise_sigma(stack[index]) for index in indices]))
+    return NoiseLevel(sigma=sigma, sigma_scaled=sigma / window.width, window=window)

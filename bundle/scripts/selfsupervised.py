@@ -1,0 +1,264 @@
+"""Self-supervised denoising from noisy images alone: the blind-spot objective (Noise2Void / Noise2Self family).
+
+A few % of the pixels are hidden: each is replaced by a random unhidden neighbour, the network sees the result, and
+the loss compares its output with the original noisy values at the hidden pixels only. Since the noise is
+independent from pixel to pixel and a hidden pixel's own value is nowhere in the input, the best prediction is the
+clean value, so noisy images are enough to learn from.
+
+- :class:`BlindSpotMask` / :class:`BlindSpotMaskd`: the masking, a MONAI randomizable transform and its dict version.
+- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels.
+- :func:`noisy_only`: a training set with noise applied once at load time and the clean images dropped.
+- :func:`adapt_model`: fine-tune a copy of a loaded model on one user's noisy volume for a bounded time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform
+from torch import nn
+
+from .data import center_crop
+from .engine import LoadedModel, ProgressCallback, check_volume
+from .errors import CancelledError, InvalidImageError
+from .intensity import IntensityWindow
+from .noise import parse_noise
+
+#: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
+_SOURCE_DRAWS = 32
+
+
+class BlindSpotMask(RandomizableTransform):
+    """Hide a random ``ratio`` of the pixels of one channel, each replaced by a random neighbour that is not hidden.
+
+    Neighbours are drawn uniformly from the ``(2 radius + 1)^2`` window around the pixel, excluding the pixel itself
+    and other hidden pixels, so no hidden pixel's own value appears anywhere in the output. The drawn positions are
+    kept after each call (``rows, cols`` hidden, ``source_rows, source_cols`` their replacements).
+
+    Args:
+        ratio: fraction of pixels hidden (a few %).
+        radius: neighbourhood radius in pixels (>= 1).
+        channel: the channel to hide pixels in (the denoised one); default the centre channel, as for 2.5D input.
+
+    Input ``(C, H, W)`` NumPy array or tensor; returns ``(masked image of the same type and shape, mask (1, H, W)
+    float32 with 1 at hidden pixels)``. A tensor input keeps its autograd graph.
+    """
+
+    def __init__(self, ratio: float = 0.03, radius: int = 2, channel: int | None = None) -> None:
+        RandomizableTransform.__init__(self, prob=1.0)
+        if not 0 < ratio <= 0.5:
+            raise ValueError(f"blind-spot ratio {ratio} must be in (0, 0.5]: a few % of the pixels")
+        if radius < 1:
+            raise ValueError(f"blind-spot radius {radius} must be at least 1 pixel")
+        self.ratio, self.radius, self.channel = ratio, radius, channel
+        self.rows = self.cols = self.source_rows = self.source_cols = np.zeros(0, dtype=np.int64)
+
+    def randomize(self, data: tuple[int, int]) -> None:
+        """Draw the hidden pixels and their sources for an image of ``data = (H, W)`` pixels."""
+        height, width = data
+        count = max(1, round(self.ratio * height * width))
+        flat = self.R.choice(height * width, size=min(count, height * width - 1), replace=False)
+        hidden = np.zeros(height * width, dtype=bool)
+        hidden[flat] = True
+        rows, cols = np.divmod(flat, width)
+        source_rows, source_cols = rows.copy(), cols.copy()
+        pending = np.ones(len(flat), dtype=bool)
+        for _ in range(_SOURCE_DRAWS):
+            index = np.flatnonzero(pending)
+            if not len(index):
+                break
+            r = rows[index] + self.R.randint(-self.radius, self.radius + 1, len(index))
+            c = cols[index] + self.R.randint(-self.radius, self.radius + 1, len(index))
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            ok = inside.copy()
+            ok[inside] = ~hidden[r[inside] * width + c[inside]]  # excludes the pixel itself: it is hidden too
+            source_rows[index[ok]], source_cols[index[ok]] = r[ok], c[ok]
+            pending[index[ok]] = False
+        found = ~pending  # a pixel whose neighbours are all hidden stays visible and out of the loss
+        self.rows, self.cols = rows[found], cols[found]
+        self.source_rows, self.source_cols = source_rows[found], source_cols[found]
+
+    def __call__(self, img: np.ndarray | torch.Tensor, randomize: bool = True):
+        height, width = img.shape[-2:]
+        if height * width < 2:
+            raise InvalidImageError(f"an image of shape {tuple(img.shape)} has no neighbours to hide a pixel behind")
+        if randomize:
+            self.randomize((height, width))
+        channel = img.shape[0] // 2 if self.channel is None else self.channel
+        masked = img.clone() if isinstance(img, torch.Tensor) else np.array(img, copy=True)
+        masked[channel, self.rows, self.cols] = img[channel, self.source_rows, self.source_cols]
+        mask = np.zeros((1, height, width), dtype=np.float32)
+        mask[0, self.rows, self.cols] = 1.0
+        if isinstance(img, torch.Tensor):
+            return masked, torch.as_tensor(mask, device=img.device)
+        return masked, mask
+
+
+class BlindSpotMaskd(RandomizableTransform, MapTransform):
+    """Dictionary version: hides pixels of ``keys`` and writes ``target_key`` = ``(2, H, W)``: the original noisy
+    channel (the target) and the mask, which :class:`BlindSpotLoss` takes as its target, so MONAI's
+    ``SupervisedTrainer`` trains the blind-spot objective unchanged (``image`` -> network, ``label`` -> loss)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        target_key: str = "label",
+        ratio: float = 0.03,
+        radius: int = 2,
+        channel: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.target_key = target_key
+        self.mask = BlindSpotMask(ratio, radius, channel)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> BlindSpotMaskd:
+        super().set_random_state(seed, state)
+        self.mask.set_random_state(state=self.R)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            channel = image.shape[0] // 2 if self.mask.channel is None else self.mask.channel
+            d[key], mask = self.mask(image)
+            target = image[channel : channel + 1]
+            if isinstance(image, torch.Tensor):
+                d[self.target_key] = torch.cat([target, mask.to(target.dtype)])
+            else:
+                d[self.target_key] = np.concatenate([target, mask.astype(target.dtype)])
+        return d
+
+
+class BlindSpotLoss(nn.Module):
+    """Mean squared error over the hidden pixels only.
+
+    ``forward(pred (B, 1, H, W), target (B, 2, H, W))``: ``target[:, 0]`` is the original noisy image, ``target[:, 1]``
+    the mask from :class:`BlindSpotMaskd`. A batch without hidden pixels gives 0 (with a gradient of 0).
+    """
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        noisy, mask = target[:, :1], target[:, 1:2]
+        return (mask * (pred - noisy) ** 2).sum() / mask.sum().clamp(min=1.0)
+
+
+def noisy_only(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | None = None) -> list[dict]:
+    """A noisy-only data set: each clean ``label`` is read once, noised once (one fixed realisation per slice, as a
+    real scan has) and dropped; items keep their other keys and get ``image`` (float32 (1, H, W) in [0, 1]).
+
+    ``crop`` takes the central window of each slice (for validation).
+    """
+    model = parse_noise(noise)
+    model.set_random_state(seed=seed)
+    noisy = []
+    for item in slices:
+        clean = np.ascontiguousarray(center_crop(np.asarray(item["label"]), crop))
+        noisy.append({**{k: v for k, v in item.items() if k != "label"}, "image": model(clean), "noise": model.spec})
+    return noisy
+
+
+def blind_spot_pairs(items: Sequence[dict], seed: int = 0, ratio: float = 0.03, radius: int = 2) -> list[dict]:
+    """Fixed blind-spot inputs and targets (drawn once from ``seed``) for a validation that needs no clean image."""
+    masking = BlindSpotMaskd("image", ratio=ratio, radius=radius).set_random_state(seed=seed)
+    return [masking(item) for item in items]
+
+
+def adapt_model(
+    model: LoadedModel,
+    volume: np.ndarray,
+    window: IntensityWindow | None = None,
+    seconds: float = 60.0,
+    progress: ProgressCallback | None = None,
+    axis: int = 0,
+    patch_size: int = 64,
+    batch_size: int = 8,
+    learning_rate: float = 1e-4,
+    ratio: float = 0.03,
+    max_steps: int | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Fine-tune a copy of ``model`` on one noisy volume with the blind-spot objective for ``seconds``; then denoise
+    the volume with the returned model (:func:`scripts.engine.denoise_volume`, same ``window`` and ``axis``).
+
+    Args:
+        model: from :func:`scripts.engine.load_bundle`; never modified.
+        volume: K x J x I (or J x I) in native units; never modified.
+        window: native units -> [0, 1]; default :meth:`IntensityWindow.from_data`, as the engine uses.
+        seconds: time budget; training stops after the step that crosses it.
+        progress: ``progress(elapsed_ms, total_ms)`` after each step; returning ``False`` cancels (raises
+            :class:`CancelledError`).
+        axis: slicing axis, as for denoising.
+        patch_size: side of the random training patches (smaller slices are used whole).
+        batch_size: patches per step.
+        learning_rate: Adam's step size; small, so the shipped model is adapted rather than retrained.
+        ratio: fraction of hidden pixels per patch.
+        max_steps: also stop after this many steps (reproducible work regardless of machine load).
+
+    Returns:
+        A new :class:`LoadedModel` in eval mode whose ``metadata["adaptation"]`` records steps, seconds, the last
+        losses and the slowest step.
+    """
+    volume = check_volume(volume, axis)
+    if not seconds > 0:
+        raise InvalidImageError(f"the adaptation time must be positive, got {seconds} seconds")
+    window = window or IntensityWindow.from_data(volume)
+    stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
+    _, height, width = stack.shape
+    patch_h, patch_w = min(patch_size, height), min(patch_size, width)
+    offsets = np.arange(-model.context, model.context + 1)
+    rng = np.random.RandomState(seed)
+    masking = BlindSpotMaskd("image", ratio=ratio).set_random_state(state=rng)
+    network = copy.deepcopy(model.network).to(model.device).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
+    loss_function = BlindSpotLoss()
+    losses, slowest, steps = [], 0.0, 0
+    start, elapsed = time.monotonic(), 0.0
+    while steps == 0 or (elapsed < seconds and steps != max_steps):  # at least one step, then until the budget
+        step_start = time.monotonic()
+        batch = [
+            masking({"image": _random_patch(stack, offsets, patch_h, patch_w, window, rng)}) for _ in range(batch_size)
+        ]
+        inputs = torch.from_numpy(np.stack([item["image"] for item in batch])).to(model.device)
+        targets = torch.from_numpy(np.stack([item["label"] for item in batch])).to(model.device)
+        optimizer.zero_grad()
+        loss = loss_function(network(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        steps += 1
+        slowest = max(slowest, time.monotonic() - step_start)
+        elapsed = time.monotonic() - start
+        if progress is not None and progress(int(min(elapsed, seconds) * 1000), int(seconds * 1000)) is False:
+            raise CancelledError(f"adaptation cancelled after {elapsed:.1f} s ({steps} steps); the model is unchanged")
+    record = {"steps": steps, "seconds": elapsed, "loss": float(np.mean(losses[-10:])), "slowest_step": slowest}
+    return dataclasses.replace(model, network=network.eval(), metadata={**model.metadata, "adaptation": record})
+
+
+def _random_patch(
+    stack: np.ndarray,
+    offsets: np.ndarray,
+    patch_h: int,
+    patch_w: int,
+    window: IntensityWindow,
+    rng: np.random.RandomState,
+) -> np.ndarray:
+    """A random (C, patch_h, patch_w) patch of a random slice and its neighbours, scaled to [0, 1], randomly flipped."""
+    depth, height, width = stack.shape
+    index = rng.randint(depth)
+    top, left = rng.randint(height - patch_h + 1), rng.randint(width - patch_w + 1)
+    channels = np.clip(index + offsets, 0, depth - 1)  # edge slices repeat, as in denoise_volume
+    patch = window.forward(stack[channels, top : top + patch_h, left : left + patch_w])
+    if rng.rand() < 0.5:
+        patch = patch[:, ::-1]
+    if rng.rand() < 0.5:
+        patch = patch[:, :, ::-1]
+    return np.ascontiguousarray(patch)

@@ -1,0 +1,73 @@
+"""The noise-level readout against the true sigma of real images noised with known Gaussian noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.restoration import estimate_sigma
+
+from scripts.data import center_crop, load_slices
+from scripts.errors import InvalidImageError
+from scripts.intensity import IntensityWindow
+from scripts.noise import noise_sigma, parse_noise
+from scripts.noise_level import estimate_noise_level, slice_noise_sigma
+
+SETTINGS = ("gaussian:factor=0.05,mean=0,std=1", "gaussian:factor=0.1,mean=0,std=1", "gaussian:factor=0.2,mean=0,std=1")
+
+
+@pytest.fixture(scope="module")
+def test_images(embedded) -> list[np.ndarray]:
+    """Central 256x256 crops of the real CT, MR and X-ray test images, [0, 1] float32."""
+    return [center_crop(item["label"][0], 256) for item in load_slices(embedded["test"], 1, progress=False)]
+
+
+def _noised(image: np.ndarray, spec: str, seed: int = 0) -> np.ndarray:
+    noise = parse_noise(spec)
+    noise.set_random_state(seed=seed)
+    return noise(image)
+
+
+def _relative_errors(images, spec, estimator) -> list[float]:
+    return [abs(estimator(_noised(image, spec)) / noise_sigma(spec) - 1) for image in images]
+
+
+@pytest.mark.parametrize("spec", SETTINGS)
+def test_estimate_is_within_ten_percent_of_the_true_sigma(test_images, spec):
+    errors = _relative_errors(test_images, spec, slice_noise_sigma)
+    assert max(errors) < 0.1, errors
+
+
+@pytest.mark.parametrize("spec", ["gaussian:factor=0.2,mean=0,std=1", "gaussian:factor=0.1,mean=1,std=2"])
+def test_estimate_beats_plain_estimate_sigma_where_noise_is_clipped(test_images, spec):
+    ours, plain = (_relative_errors(test_images, spec, estimator) for estimator in (slice_noise_sigma, estimate_sigma))
+    assert np.mean(ours) < np.mean(plain) - 0.03, (ours, plain)
+
+
+def test_volume_readout_in_native_units_and_on_the_window_scale(test_images):
+    """A CT-like volume in HU (3 noised slices, slices along the last axis): sigma scales with the units."""
+    ct = test_images[0]
+    noisy = np.stack([_noised(ct, SETTINGS[1], seed) for seed in range(3)], axis=-1)
+    hounsfield = (noisy * 1500.0 - 1000.0).astype(np.float32)
+    original = hounsfield.copy()
+    window = IntensityWindow(-1000.0, 500.0)
+    level = estimate_noise_level(hounsfield, window, axis=2)
+    np.testing.assert_array_equal(hounsfield, original)
+    assert level.sigma == pytest.approx(150.0, rel=0.1)
+    assert level.sigma_scaled == pytest.approx(level.sigma / 1500.0)
+    assert "noise sigma" in str(level) and "[-1000, 500]" in str(level)
+    default = estimate_noise_level(hounsfield, axis=2)  # default window: the data's robust percentiles
+    assert default.sigma == pytest.approx(level.sigma) and default.window.width < 1500.0
+
+
+def test_reference_images_read_far_below_the_added_noise(test_images):
+    """The references carry their own small noise (the MR about 0.012), well below every level tested above."""
+    assert all(slice_noise_sigma(image) < 0.02 for image in test_images)
+
+
+@pytest.mark.parametrize(
+    ("volume", "message"),
+    [(np.zeros((3, 2, 50), np.float32), "too small"), (np.full((8, 8), np.nan, np.float32), "NaN")],
+)
+def test_bad_input_is_refused_with_a_clear_message(volume, message):
+    with pytest.raises(InvalidImageError, match=message):
+        estimate_noise_level(volume)

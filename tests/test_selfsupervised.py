@@ -1,0 +1,177 @@
+"""Blind-spot masking and loss, the noisy-only training config, and adapting a model to one noisy scan."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE
+
+from scripts.data import center_crop, load_slices
+from scripts.engine import LoadedModel, denoise_volume, load_bundle
+from scripts.errors import CancelledError
+from scripts.intensity import IntensityWindow
+from scripts.metrics import image_metrics
+from scripts.networks import DenoisingAutoencoder
+from scripts.noise import parse_noise
+from scripts.selfsupervised import BlindSpotLoss, BlindSpotMask, BlindSpotMaskd, adapt_model, noisy_only
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared, busy CPU, threads that wait for each other make every step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def noisy_ct(ct_slice):
+    """A 128x128 crop of a real CT slice and its Gaussian-noised version (sigma 0.1), both [0, 1] float32."""
+    clean = center_crop(ct_slice, 128)
+    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
+    noise.set_random_state(seed=0)
+    return clean, noise(clean)
+
+
+def test_masking_replaces_hidden_pixels_by_visible_neighbours(ct_slice):
+    image = ct_slice[None]
+    masking = BlindSpotMask(ratio=0.05, radius=2).set_random_state(seed=1)
+    masked, mask = masking(image)
+    rows, cols, source_rows, source_cols = masking.rows, masking.cols, masking.source_rows, masking.source_cols
+    hidden = mask[0] > 0
+    assert abs(hidden.mean() - 0.05) < 0.001
+    assert hidden[rows, cols].all() and hidden.sum() == len(rows)
+    assert ((rows != source_rows) | (cols != source_cols)).all()  # never the pixel itself...
+    assert not hidden[source_rows, source_cols].any()  # ...nor another hidden pixel
+    assert (np.abs(rows - source_rows) <= 2).all() and (np.abs(cols - source_cols) <= 2).all()
+    np.testing.assert_array_equal(masked[0, rows, cols], image[0, source_rows, source_cols])
+    np.testing.assert_array_equal(masked[0][~hidden], image[0][~hidden])
+    assert masked is not image and not np.shares_memory(masked, image)
+    np.testing.assert_array_equal(image, ct_slice[None])  # the input is unchanged
+
+
+def test_network_output_does_not_depend_on_hidden_pixels(ct_slice):
+    """d output / d input is exactly zero at every hidden pixel: its value never reaches the network."""
+    torch.manual_seed(0)
+    network = DenoisingAutoencoder(in_channels=3, features=(16, 16))
+    volume = torch.tensor(np.stack([center_crop(ct_slice, 64)] * 3), requires_grad=True)  # 2.5D: 3 slices
+    masked, mask = BlindSpotMask(ratio=0.05).set_random_state(seed=2)(volume)
+    network(masked[None]).sum().backward()
+    hidden = mask[0] > 0
+    assert hidden.sum() > 100
+    assert (volume.grad[1][hidden] == 0).all()  # the centre channel's hidden pixels
+    assert (volume.grad[1][~hidden] != 0).float().mean() > 0.9  # everything else does reach the output
+
+
+def test_dictionary_masking_and_loss_count_hidden_pixels_only(noisy_ct):
+    _, noisy = noisy_ct
+    item = BlindSpotMaskd("image", ratio=0.03).set_random_state(seed=3)({"image": noisy[None], "modality": "CT"})
+    assert item["label"].shape == (2, 128, 128) and item["modality"] == "CT"
+    np.testing.assert_array_equal(item["label"][0], noisy)
+    target = torch.from_numpy(item["label"])[None]
+    hidden = target[:, 1:] > 0
+    pred = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+    loss = BlindSpotLoss()(pred, target)
+    expected = ((pred - target[:, :1])[hidden] ** 2).mean()
+    assert torch.isclose(loss, expected)
+    assert torch.isclose(BlindSpotLoss()(torch.where(hidden, pred, 0.0), target), loss)  # visible pixels do not count
+
+
+class CleanSlice:
+    """A clean slice that may be read once (to noise it); any later use of it fails the test."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.reads = 0
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        self.reads += 1
+        if self.reads > 1:
+            raise AssertionError("the clean image was read again after it was noised")
+        return self._array
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # NumPy probes __array_interface__ etc. before falling back to __array__
+            raise AttributeError(name)
+        raise AssertionError(f"the clean image was used ({name}) outside the noising step")
+
+
+def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path):
+    from monai.bundle import ConfigParser
+
+    slices = load_slices(embedded["validation"], progress=False)  # real 128x128 CT and 64x64 MR slices
+    tripwires = {"train": [], "validate": []}
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(BUNDLE / "configs" / "train_selfsupervised.yaml")])
+    for section, wires in tripwires.items():
+        wires.extend(CleanSlice(item["label"]) for item in slices)
+        parser[f"{section}#slices"] = [{**item, "label": wire} for item, wire in zip(slices, wires, strict=True)]
+    parser.update({"ckpt_dir": str(tmp_path), "output_dir": str(tmp_path), "batch_size": 4, "patch_size": 32})
+    parser["train#trainer#max_epochs"] = 2
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    assert all(wire.reads == 1 for wires in tripwires.values() for wire in wires)
+    assert np.isfinite(float(trainer.state.output[0]["loss"]))
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert 0 < evaluator.state.metrics["val_blind_spot_loss"] < 0.1
+    checkpoint = tmp_path / "model_selfsupervised.pt"
+    DenoisingAutoencoder(features=(64, 64)).load_state_dict(torch.load(checkpoint, weights_only=True))
+
+
+def test_noisy_only_drops_the_clean_image(noisy_ct):
+    clean, _ = noisy_ct
+    [item] = noisy_only([{"label": clean[None], "group": "g"}], "gaussian:factor=0.1", seed=0)
+    assert set(item) == {"image", "group", "noise"}
+    assert item["image"].shape == (1, 128, 128) and not np.array_equal(item["image"][0], clean)
+
+
+def _fresh_model() -> LoadedModel:
+    """A small untrained Gondara-style DAE: whatever it denoises after adaptation, it learnt from the noisy image."""
+    torch.manual_seed(0)
+    return LoadedModel(DenoisingAutoencoder(features=(16, 16)).eval(), torch.device("cpu"))
+
+
+def test_adaptation_learns_to_denoise_a_real_noisy_image(ct_slice):
+    clean = center_crop(ct_slice, 128)
+    noise = parse_noise("gaussian:factor=0.2,mean=0,std=1")
+    noise.set_random_state(seed=0)
+    noisy = noise(clean)
+    window = IntensityWindow(0.0, 1.0)
+    model = _fresh_model()
+    before = denoise_volume(noisy, model, window, float_output=True)
+    # a step budget, not a time budget, so the result does not depend on how busy the machine is
+    adapted = adapt_model(
+        model, noisy, window, seconds=600, patch_size=32, learning_rate=3e-3, ratio=0.05, max_steps=50
+    )
+    assert adapted.metadata["adaptation"]["steps"] == 50
+    after = denoise_volume(noisy, adapted, window, float_output=True)
+    noisy_psnr, adapted_psnr = image_metrics(noisy, clean)["psnr"], image_metrics(after, clean)["psnr"]
+    assert adapted_psnr > noisy_psnr + 5.0, (noisy_psnr, adapted_psnr)
+    np.testing.assert_array_equal(denoise_volume(noisy, model, window, float_output=True), before)  # a copy learnt
+
+
+def test_adaptation_stops_at_its_time_bound(noisy_ct):
+    _, noisy = noisy_ct
+    calls = []
+    start = time.monotonic()
+    adapted = adapt_model(_fresh_model(), noisy, seconds=2.0, progress=lambda done, total: calls.append(done))
+    wall = time.monotonic() - start
+    record = adapted.metadata["adaptation"]
+    assert record["seconds"] >= 2.0 and record["steps"] == len(calls) >= 1
+    assert wall <= 2.0 + record["slowest_step"] + 1.0  # stops after the step that crosses the bound
+    assert calls == sorted(calls) and calls[-1] == 2000
+
+
+def test_adaptation_can_be_cancelled_and_leaves_the_model_unchanged(noisy_ct):
+    _, noisy = noisy_ct
+    model = load_bundle(device="cpu")
+    weights = {name: value.clone() for name, value in model.network.state_dict().items()}
+    calls = []
+    with pytest.raises(CancelledError, match="cancelled"):
+        adapt_model(model, noisy, seconds=60, progress=lambda done, total: calls.append(done) or len(calls) < 3)
+    assert len(calls) == 3
+    assert all(torch.equal(weights[name], value) for name, value in model.network.state_dict().items())
