@@ -32,6 +32,7 @@ NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
     "DenoisingAutoencoder": DenoisingAutoencoder,
 }
 _MONAI_NETWORKS = "monai.networks.nets."
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -207,6 +208,12 @@ def check_volume(volume: Any, axis: int = 0) -> np.ndarray:
         bad = volume.size - int(np.count_nonzero(np.isfinite(volume)))
         if bad:
             raise InvalidImageError(f"the image has {bad} NaN/Inf voxels; fill or mask them before denoising")
+        largest = max(-float(volume.min()), float(volume.max()))
+        if largest > _FLOAT32_MAX:  # float64 beyond float32 would become Inf inside the network
+            raise InvalidImageError(
+                f"the image has values up to {largest:.3g}, beyond the float32 range (±{_FLOAT32_MAX:.3g}) the network "
+                "computes in; rescale it (e.g. to its physical units) before denoising"
+            )
     if not -volume.ndim <= axis < volume.ndim or (volume.ndim == 2 and axis not in (0, -2)):
         raise InvalidImageError(f"axis {axis} does not fit a {volume.ndim}D image (use 0, 1 or 2 for volumes)")
     return volume

@@ -18,9 +18,10 @@ import SimpleITK as sitk
 
 from .errors import ImageReadError, ImageWriteError, InvalidImageError
 
+_NETPBM = (".pgm", ".ppm", ".pnm")
 READ_EXTENSIONS = (
     ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima",
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".bmp",
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *_NETPBM,
 )  # fmt: skip
 #: Single-file formats that keep geometry (NIfTI, NRRD, MHA) and 2D picture formats for 2D images.
 WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".tif", ".tiff")
@@ -136,6 +137,8 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]
 def _read_file(path: Path) -> tuple[sitk.Image, str]:
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: the file is empty")
+    if extension(path) in _NETPBM:
+        return _read_netpbm(path), ""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -147,8 +150,50 @@ def _read_file(path: Path) -> tuple[sitk.Image, str]:
             f"{path}: not a readable medical image ({_first_line(error)}); supported: {', '.join(READ_EXTENSIONS)} "
             "files and DICOM series folders"
         ) from None
+    if reader.GetImageIOFromFileName(str(path)) == "NiftiImageIO":
+        _check_nifti_complete(path)
     modality = reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
     return image, modality
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file: ITK fills the missing voxels with zeros instead of failing."""
+    import gzip
+    import io
+    import zlib
+
+    from nibabel import Nifti1Header, Nifti2Header
+    from nibabel.spatialimages import HeaderDataError
+
+    with open(path, "rb") as handle:
+        compressed = handle.read(2) == b"\x1f\x8b"  # by content, as ITK chose its reader
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as stream:
+            head = stream.read(Nifti2Header.sizeof_hdr)
+            size = len(head) + sum(len(block) for block in iter(lambda: stream.read(1 << 24), b"")) if compressed else 0
+        nifti2 = Nifti2Header.sizeof_hdr in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
+        header = (Nifti2Header if nifti2 else Nifti1Header).from_fileobj(io.BytesIO(head))
+        offset = max(int(header.get_data_offset()), header.single_vox_offset)  # 0 means "right after the header"
+        expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    except (EOFError, OSError, ValueError, zlib.error, HeaderDataError) as error:
+        raise ImageReadError(f"{path}: the NIfTI file is damaged ({error}); get the file again") from None
+    size = size or path.stat().st_size
+    if size < expected:
+        raise ImageReadError(
+            f"{path}: the NIfTI file is truncated ({size} of {expected} bytes); the copy or download is incomplete, "
+            "get the file again"
+        )
+
+
+def _read_netpbm(path: Path) -> sitk.Image:
+    """PGM/PPM/PNM through imageio (ITK has no Netpbm reader)."""
+    import imageio.v3 as iio
+
+    try:
+        array = iio.imread(path)
+    except Exception as error:  # imageio raises many types for a damaged file
+        raise ImageReadError(f"{path}: not a readable Netpbm image ({error})") from None
+    return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
 
 
 def _to_volume(image: sitk.Image, modality: str, source: str) -> Volume:
@@ -207,7 +252,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, like: Volume, overwr
         with _sitk_quiet():
             sitk.WriteImage(image, partial, useCompression=ext in (".nii.gz", ".nrrd", ".mha"))
         os.replace(partial, path)
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:  # OSError: e.g. the target is a folder
         raise ImageWriteError(f"{path}: cannot be written ({_first_line(error)})") from None
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -12,6 +12,7 @@ from .errors import InvalidImageError
 DEFAULT_PERCENTILES = (0.5, 99.5)
 #: Enough voxels for stable percentiles; larger volumes are sampled with a stride (memory stays small).
 _PERCENTILE_SAMPLES = 4_000_000
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +30,16 @@ class IntensityWindow:
             raise InvalidImageError(f"intensity window [{self.low}, {self.high}] must be finite")
         if self.high < self.low:
             raise InvalidImageError(f"intensity window [{self.low}, {self.high}]: LOW must not exceed HIGH")
+        if max(-self.low, self.high, self.high - self.low) > _FLOAT32_MAX:
+            raise InvalidImageError(
+                f"intensity window [{self.low:.6g}, {self.high:.6g}] spans more than float32, the precision the network "
+                "computes in, can hold; rescale the image"
+            )
 
     @property
     def width(self) -> float:
-        return self.high - self.low if self.high > self.low else 1.0
+        # A window narrower than float32 resolves (e.g. 1e-320 wide) is constant to the network, as low == high is.
+        return self.high - self.low if np.float32(self.high - self.low) > 0 else 1.0
 
     def forward(self, values: np.ndarray, clip: bool = True) -> np.ndarray:
         """Native units -> [0, 1] (float32); values outside the window are clipped unless ``clip=False``."""
