@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ def read_bundle_config(bundle_dir: Path) -> tuple[dict, dict]:
                 config = yaml.safe_load(config_file.read_text())  # JSON is YAML
             except yaml.YAMLError as error:
                 raise BundleError(f"{config_file}: not valid YAML/JSON ({error})") from None
+            if not isinstance(metadata, dict):
+                raise BundleError(f"{meta_file}: expected a JSON object with the bundle's metadata")
             return metadata, config if isinstance(config, dict) else {}
     raise BundleError(f"{bundle_dir}: configs/inference.yaml (or .json) is missing")
 
@@ -134,9 +137,14 @@ def load_bundle(
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir}: no such bundle folder")
     metadata, config = read_bundle_config(bundle_dir)
+    if not re.fullmatch(r"\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]+)?", str(metadata.get("version", ""))):
+        raise BundleError(
+            f"{bundle_dir}: metadata version {metadata.get('version')!r} is not a semantic version such as 0.1.0; "
+            "the bundle is not a release, get it again from its publisher"
+        )
     device = resolve_device(device)
-    channels = int(metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1))
-    if channels < 1 or channels % 2 == 0:
+    channels = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1)
+    if not isinstance(channels, int) or channels < 1 or channels % 2 == 0:
         raise BundleError(
             f"{bundle_dir}: metadata says {channels} input channels; expected 1 or 2k+1 neighbouring slices"
         )
