@@ -3,15 +3,20 @@
 
     python scripts/denoise.py ct.nii.gz -o ct_denoised.nii.gz
     python scripts/denoise.py series_folder/ scan.dcm xray.png -o denoised/ --strength 0.7
+    python scripts/denoise.py low_dose.nii.gz -o denoised.nii.gz --adapt --adapt-seconds 120
 
 INPUT is a NIfTI, NRRD, MHA, single- or multi-frame DICOM file, a PNG/TIFF/JPEG picture or a DICOM series folder.
 With one input, OUTPUT is a file (its extension picks the format) or a folder; with several it must be a folder, and
 each output keeps its input's base name (DICOM files and series folders become ``.nii.gz``, other pictures ``.png``).
+The summary line reports each input's estimated noise level. ``--adapt`` first fine-tunes a copy of the model on each
+noisy input itself (self-supervised, blind-spot objective) for ``--adapt-seconds``, for noise the model was not
+trained on.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,6 +30,8 @@ from scripts.engine import check_volume, denoise_volume, load_bundle  # noqa: E4
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
 from scripts.image_io import WRITE_EXTENSIONS, extension, read_image, stem, write_image  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
+from scripts.noise_level import NoiseLevel, estimate_noise_level  # noqa: E402
+from scripts.selfsupervised import adapt_model  # noqa: E402
 
 #: 2D picture formats that cannot be written back as they are (JPEG is lossy, the others unsupported) become PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm")
@@ -51,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--float-output", action="store_true", help="write float32 instead of the input's dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="run the exported models/model.ts")
+    parser.add_argument("--adapt", action="store_true", help="fine-tune on each input's own noise before denoising")
+    parser.add_argument(
+        "--adapt-seconds", type=_positive_float, default=60.0, help="time spent adapting per input (default 60)"
+    )
     return parser.parse_args(argv)
 
 
@@ -58,6 +69,13 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 (original) and 1 (fully denoised)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
 
 
@@ -117,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         model = load_bundle(args.bundle, device=args.device, torchscript=args.torchscript)
         if is_folder(args.output):
             Path(args.output).mkdir(parents=True, exist_ok=True)
-        slices = 0
+        slices, levels = 0, []
         for source, target in zip(inputs, outputs, strict=True):
-            slices += denoise_file(source, target, model, window, args)
+            slices += denoise_file(source, target, model, window, args, levels)
     except MedDenoiseError as error:
         print(f"denoise.py: error: {error}", file=sys.stderr)
         return 1
@@ -127,16 +145,40 @@ def main(argv: list[str] | None = None) -> int:
         print("denoise.py: interrupted; the file being denoised was not written", file=sys.stderr)
         return 130
     seconds = time.perf_counter() - started
-    print(f"denoised {len(inputs)} file(s), {slices} slices in {seconds:.1f} s on {model.device} -> {args.output}")
+    adapted = f", adapted {args.adapt_seconds:g} s each" if args.adapt else ""
+    print(
+        f"denoised {len(inputs)} file(s), {slices} slices in {seconds:.1f} s on {model.device}{adapted} -> "
+        f"{args.output}; {_noise_summary(levels)}"
+    )
     return 0
 
 
-def denoise_file(source: Path, target: Path, model, window: IntensityWindow | None, args: argparse.Namespace) -> int:
-    """Denoise one image file or series folder into ``target``; returns the number of slices."""
+def _noise_summary(levels: list[NoiseLevel]) -> str:
+    if len(levels) == 1:
+        return str(levels[0])
+    scaled = [level.sigma_scaled for level in levels]
+    return f"noise sigma {min(scaled):.3f}-{max(scaled):.3f} of the windows"
+
+
+def denoise_file(
+    source: Path,
+    target: Path,
+    model,
+    window: IntensityWindow | None,
+    args: argparse.Namespace,
+    levels: list[NoiseLevel] | None = None,
+) -> int:
+    """Denoise one image file or series folder into ``target``; returns the number of slices and appends the input's
+    estimated noise level to ``levels``."""
     volume = read_image(source)
     total = volume.array.shape[args.axis] if volume.array.ndim == 3 else 1
     try:
         check_volume(volume.array, args.axis)  # before the progress bar, so a bad file gives one clean line
+        window = window or IntensityWindow.from_data(volume.array)
+        if levels is not None:
+            levels.append(estimate_noise_level(volume.array, window, args.axis))
+        if args.adapt:
+            model = adapt_file(volume.array, source.name, model, window, args)
         with tqdm(total=total, desc=source.name, unit="slice", leave=False) as bar:
 
             def progress(done: int, _total: int) -> None:
@@ -158,5 +200,16 @@ def denoise_file(source: Path, target: Path, model, window: IntensityWindow | No
     return total
 
 
+def adapt_file(array, name: str, model, window: IntensityWindow, args: argparse.Namespace):
+    """A copy of ``model`` fine-tuned on this input's own noise for ``--adapt-seconds`` (progress bar in seconds)."""
+    with tqdm(total=round(args.adapt_seconds), desc=f"adapting to {name}", unit="s", leave=False) as bar:
+
+        def progress(done_ms: int, _total_ms: int) -> None:
+            bar.update(round(done_ms / 1000) - bar.n)
+
+        return adapt_model(model, array, window, seconds=args.adapt_seconds, progress=progress, axis=args.axis)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminated like Ctrl-C: clean up, write nothing
     sys.exit(main())

@@ -175,3 +175,30 @@ def test_adaptation_can_be_cancelled_and_leaves_the_model_unchanged(noisy_ct):
         adapt_model(model, noisy, seconds=60, progress=lambda done, total: calls.append(done) or len(calls) < 3)
     assert len(calls) == 3
     assert all(torch.equal(weights[name], value) for name, value in model.network.state_dict().items())
+
+
+def test_denoise_cli_adapts_and_reports_the_noise_level(embedded, tmp_path, capsys):
+    """``scripts/denoise.py --adapt`` on a real MR volume crop with added noise: one summary line with both."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    from scripts.image_io import Volume, read_image, write_image
+
+    mni = read_image(embedded["training"][0]["image"])
+    crop = Volume.from_sitk(mni.to_sitk()[80:144, 90:154, 90:96])  # 6 slices of 64 x 64
+    window = IntensityWindow.from_data(crop.array)
+    noisy = window.inverse(parse_noise("gaussian:factor=0.1").set_random_state(seed=0)(window.forward(crop.array)))
+    source = write_image(tmp_path / "noisy.nii.gz", noisy, like=crop)
+    before = source.read_bytes()
+    spec = importlib.util.spec_from_file_location("denoise_cli", ROOT / "scripts" / "denoise.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    output = tmp_path / "denoised.nii.gz"
+    assert cli.main([str(source), "-o", str(output), "--device", "cpu", "--adapt", "--adapt-seconds", "2"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "adapted 2 s each" in summary and "noise sigma" in summary, summary
+    sigma_scaled = float(summary.split("(")[-1].split(" of the window")[0])
+    expected = 0.1 * window.width / IntensityWindow.from_data(noisy).width  # the noisy input's own window is wider
+    assert sigma_scaled == pytest.approx(expected, rel=0.1)
+    assert read_image(output).array.shape == crop.array.shape and source.read_bytes() == before
