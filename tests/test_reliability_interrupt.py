@@ -1,0 +1,83 @@
+"""Nothing lost: scripts/denoise.py interrupted mid-volume (SIGINT, SIGTERM) writes no output, leaves no temporary
+file and no process behind; an existing output is kept without --overwrite; the input file never changes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+from conftest import ROOT
+from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
+
+from scripts.image_io import Volume, write_image
+
+DENOISE = [sys.executable, str(ROOT / "scripts" / "denoise.py")]
+SLICES = 120
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request):
+    report_at_end(request.config)
+
+
+@pytest.fixture(scope="module")
+def long_ct(tmp_path_factory, ct_volume_int16):
+    """A real CT slab repeated to 120 slices: slow enough with --batch-size 1 to be interrupted mid-volume."""
+    volume = np.tile(ct_volume_int16, (SLICES // len(ct_volume_int16), 1, 1))
+    geometry = Volume(volume, (0.7, 0.7, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return write_image(tmp_path_factory.mktemp("input") / "ct.nii.gz", volume, like=geometry)
+
+
+def start(*arguments) -> tuple[subprocess.Popen, list[str]]:
+    process = subprocess.Popen([*DENOISE, *map(str, arguments)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr: list[str] = []
+
+    def read() -> None:  # tqdm redraws with '\r'; keep every chunk so the test sees the slice count grow
+        for chunk in iter(lambda: process.stderr.read1(256), b""):
+            stderr.append(chunk.decode(errors="replace"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, stderr
+
+
+def wait_until_denoising(process: subprocess.Popen, stderr: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while f"2/{SLICES}" not in "".join(stderr):
+        assert process.poll() is None, f"denoise.py ended before it could be interrupted: {''.join(stderr)[-500:]}"
+        assert time.monotonic() < deadline, "denoise.py did not start denoising"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_volume_writes_nothing_and_leaves_no_process(long_ct, tmp_path, signum):
+    before = fingerprint(long_ct)
+    output = tmp_path / "out" / "ct_denoised.nii.gz"
+    output.parent.mkdir()
+    process, stderr = start(long_ct, "-o", output, "--batch-size", "1", "--device", "cpu")
+    wait_until_denoising(process, stderr)
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    process.send_signal(signum)
+    TALLY.faults += 1
+    assert process.wait(timeout=120) == 130, "".join(stderr)[-500:]
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"processes left behind: {alive}"
+    assert "interrupted" in "".join(stderr)
+    assert not output.exists() and not any(output.parent.iterdir()), "a partial or temporary file was left"
+    assert unchanged(long_ct, before)
+
+
+def test_an_existing_output_is_kept_without_overwrite(long_ct, tmp_path):
+    before = fingerprint(long_ct)
+    output = tmp_path / "ct_denoised.nii.gz"
+    output.write_bytes(b"an earlier result")
+    TALLY.faults += 1
+    result = subprocess.run([*DENOISE, str(long_ct), "-o", str(output)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert output.read_bytes() == b"an earlier result"
+    assert unchanged(long_ct, before)
