@@ -116,6 +116,7 @@ class MedDenoiseParameterNode:
     customModelPath: Path
     axis: SliceAxis = SliceAxis.K
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+    adaptSeconds: Annotated[int, WithinRange(0, 3600)] = 0
     device: Annotated[str, Choice(DEVICES)] = "auto"
     allowInputOverwrite: bool = False
     noiseSpec: str = "gaussian:factor=0.1,mean=0,std=1"
@@ -129,6 +130,7 @@ class RunResult:
     volume: vtkMRMLScalarVolumeNode
     seconds: float
     metrics: dict = dataclasses.field(default_factory=dict)
+    noise: str = ""
 
     def metricsText(self) -> str:
         """``PSNR 24.1 -> 31.0 dB, SSIM 0.52 -> 0.83`` (input -> output against the reference); empty without one."""
@@ -245,6 +247,7 @@ class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     model=model,
                     axis=params.axis.value,
                     strength=params.strength,
+                    adaptSeconds=params.adaptSeconds,
                     device=params.device,
                     referenceVolume=params.referenceVolume,
                     allowInputOverwrite=params.allowInputOverwrite,
@@ -280,7 +283,7 @@ class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         done, total = job.progress
         self.ui.progressBar.setMaximum(max(total, 1))
         self.ui.progressBar.setValue(done)
-        self.ui.statusLabel.text = f"{job.status}: {done}/{total} slices" if total else job.status
+        self.ui.statusLabel.text = f"{job.status}: {done}/{total} {job.progressUnit}" if total else job.status
 
     def onFinished(self, result: RunResult | None, error: Exception | None) -> None:
         self._job = None
@@ -292,7 +295,8 @@ class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error), windowTitle="MedDenoise")
         else:
             self.ui.progressBar.setValue(self.ui.progressBar.maximum)
-            self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s: {result.volume.GetName()}"
+            noise = f"; input {result.noise}" if result.noise else ""
+            self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s: {result.volume.GetName()}{noise}"
             self.ui.metricsLabel.text = result.metricsText()
 
 
@@ -375,6 +379,7 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
         model: str | os.PathLike | None = None,
         axis: int = 0,
         strength: float = 1.0,
+        adaptSeconds: float = 0.0,
         device: str = "auto",
         referenceVolume=None,
         allowInputOverwrite: bool = False,
@@ -391,6 +396,7 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
             model: a bundle folder or .zip; ``None`` for the shipped model.
             axis: 0, 1 or 2 — the K, J or I axis of the voxel array to slide the 2D model along.
             strength: 0 (original) .. 1 (fully denoised).
+            adaptSeconds: first fine-tune a copy of the model on this scan's own noise for this long (0 = off).
             device: ``auto``, ``cpu`` or ``cuda``.
             referenceVolume: a clean volume of the same shape; PSNR/SSIM before and after go to the result.
             allowInputOverwrite: required to write into the input volume itself.
@@ -421,13 +427,15 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
         referenceFile = self._writeVolume(referenceVolume, workdir / "reference.nrrd") if referenceVolume else None
         resultFile = workdir / "denoised.nrrd"
         options = {"model": model, "device": device, "reference": referenceFile, "axis": axis, "strength": strength}
+        if adaptSeconds > 0:
+            options["adapt_seconds"] = adaptSeconds
         command = self._command("denoise", input=inputFile, output=resultFile, **options)
 
         def apply(job: WorkerJob) -> RunResult:
             volume = self._importResult(resultFile, inputVolume, outputVolume, f"{inputVolume.GetName()}_denoised")
             if showResult:
                 slicer.util.setSliceViewerLayers(background=inputVolume, foreground=volume, foregroundOpacity=0.5)
-            return RunResult(volume, 0.0, job.metrics)
+            return RunResult(volume, 0.0, job.metrics, noise=job.result.get("noise", ""))
 
         return self._run(command, device, workdir, apply, waitForCompletion, onProgress, onFinished)
 

@@ -202,3 +202,39 @@ def test_denoise_cli_adapts_and_reports_the_noise_level(embedded, tmp_path, caps
     expected = 0.1 * window.width / IntensityWindow.from_data(noisy).width  # the noisy input's own window is wider
     assert sigma_scaled == pytest.approx(expected, rel=0.1)
     assert read_image(output).array.shape == crop.array.shape and source.read_bytes() == before
+
+
+def test_slicer_worker_adapts_with_progress_in_seconds_and_can_be_cancelled(embedded, tmp_path, capsys):
+    """The Slicer module's worker: the noise level in its result, adaptation progress in seconds (run in this process),
+    and Cancel during adaptation kills the worker process with nothing written."""
+    import json
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "MedDenoise"))
+    from MedDenoiseLib import JobCancelledError, WorkerJob, worker, worker_command, write_volume_file
+
+    from scripts.image_io import read_image
+
+    mni = read_image(embedded["training"][0]["image"])
+    source = write_volume_file(tmp_path / "mni.nrrd", np.ascontiguousarray(mni.array[90:94, 60:124, 60:124]), np.eye(4))
+    command = worker_command(sys.executable, BUNDLE, "denoise", input=source, output=tmp_path / "adapted.nrrd",
+                             device="cpu", adapt_seconds=2)  # fmt: skip
+    assert worker.main(command[2:]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    seen = [json.loads(line[len(worker.PREFIX) :]) for line in lines if line.startswith(worker.PREFIX)]
+    seconds = [e for e in seen if e["event"] == "progress" and e.get("unit") == "s"]
+    assert seconds and seconds[-1]["done"] == seconds[-1]["total"] == 2
+    assert "noise sigma" in seen[-1]["noise"] and seen[-1]["adapted_seconds"] >= 2
+    assert read_image(tmp_path / "adapted.nrrd").array.shape == (4, 64, 64)
+
+    running = WorkerJob(worker_command(sys.executable, BUNDLE, "denoise", input=source,
+                                       output=tmp_path / "cancelled.nrrd", device="cpu", adapt_seconds=600))  # fmt: skip
+    while running.progressUnit != "s":  # wait until it is adapting, then cancel
+        running.poll(timeout=0.1)
+        assert not running.finished, f"the worker ended before the test could cancel it: {list(running.log)}"
+    running.cancel()
+    with pytest.raises(JobCancelledError):
+        running.wait()
+    assert not (tmp_path / "cancelled.nrrd").exists()

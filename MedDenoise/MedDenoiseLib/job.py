@@ -49,7 +49,8 @@ class WorkerJob:
             the GUI's settings); default: this process's.
 
     Attributes:
-        status: the last status text; ``progress``: ``(done, total)``; ``result``: fields of the ``done`` event;
+        status: the last status text; ``progress``: ``(done, total)`` in ``progressUnit`` (``slices``, or ``s``
+        while adapting to the scan); ``result``: fields of the ``done`` event;
         ``metrics``: the ``metrics`` event (empty without a reference).
     """
 
@@ -68,6 +69,7 @@ class WorkerJob:
         )
         self.status = "Starting"
         self.progress = (0, 0)
+        self.progressUnit = "slices"
         self.result: dict = {}
         self.metrics: dict = {}
         self.error = ""
@@ -117,6 +119,7 @@ class WorkerJob:
             self.status = event.get("text", "")
         elif kind == "progress":
             self.progress = (int(event["done"]), int(event["total"]))
+            self.progressUnit = event.get("unit", "slices")
         elif kind == "metrics":
             self.metrics = {"before": event.get("before", {}), "after": event.get("after", {})}
         elif kind == "error":

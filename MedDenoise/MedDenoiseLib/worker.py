@@ -5,7 +5,7 @@ viewer stays responsive and Cancel can kill this process without harming Slicer.
 to stdout as one JSON object per line after the prefix ``MEDDENOISE `` (see :mod:`MedDenoiseLib.job`).
 
     python worker.py --engine BUNDLE denoise --input in.nrrd --output out.nrrd [--model BUNDLE_OR_ZIP] [--device cpu]
-        [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size 8] [--float-output]
+        [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size 8] [--float-output] [--adapt-seconds 60]
     python worker.py --engine BUNDLE add-noise --input in.nrrd --output noisy.nrrd --noise gaussian:factor=0.1 --seed 0
 
 Exit status: 0 done, 1 a problem reported in an ``error`` event (bad input, bad model), anything else a crash.
@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     denoise.add_argument("--reference", default=None, help="clean volume: report PSNR/SSIM before and after")
     for name, settings in ENGINE_OPTIONS.items():
         denoise.add_argument("--" + name.replace("_", "-"), dest=name, **settings)
+    denoise.add_argument(
+        "--adapt-seconds", type=float, default=0.0, help="first fine-tune on this scan's own noise (0 = no adaptation)"
+    )
 
     add_noise = actions.add_parser("add-noise", help="add synthetic noise (demonstrations and checks)")
     add_noise.add_argument("--input", required=True)
@@ -60,6 +63,8 @@ def denoise(args: argparse.Namespace) -> None:
     from scripts.engine import denoise_volume, load_bundle
     from scripts.errors import InvalidImageError
     from scripts.image_io import read_image, write_image
+    from scripts.noise_level import estimate_noise_level
+    from scripts.selfsupervised import adapt_model
 
     volume = read_image(args.input)
     reference = read_image(args.reference) if args.reference else None
@@ -70,6 +75,16 @@ def denoise(args: argparse.Namespace) -> None:
         )
     emit("status", text="Loading the model")
     model = load_bundle(args.model, device=args.device)
+    level = estimate_noise_level(volume.array, axis=args.axis)
+    if args.adapt_seconds > 0:
+        emit("status", text=f"Adapting to this scan ({level})")
+        model = adapt_model(
+            model,
+            volume.array,
+            seconds=args.adapt_seconds,
+            axis=args.axis,
+            progress=lambda done, total: emit("progress", done=done // 1000, total=total // 1000, unit="s"),
+        )
     emit("status", text=f"Denoising on {model.device.type.upper()}")
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     result = denoise_volume(
@@ -78,7 +93,15 @@ def denoise(args: argparse.Namespace) -> None:
     write_image(args.output, result, like=volume)
     if reference is not None:
         emit("metrics", before=compare(volume.array, reference.array), after=compare(result, reference.array))
-    emit("done", output=args.output, model=model.source, version=model.version, device=model.device.type)
+    emit(
+        "done",
+        output=args.output,
+        model=model.source,
+        version=model.version,
+        device=model.device.type,
+        noise=str(level),
+        adapted_seconds=model.metadata.get("adaptation", {}).get("seconds", 0.0),
+    )
 
 
 def compare(image, reference) -> dict[str, float]:
