@@ -54,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--strength", type=_fraction, default=1.0, help="0 = original .. 1 = fully denoised (default)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="slices per forward pass (default 8)")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="slices per forward pass (default: 2 slices of 512x512)"
+    )
     parser.add_argument("--float-output", action="store_true", help="write float32 instead of the input's dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="run the exported models/model.ts")

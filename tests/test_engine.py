@@ -53,7 +53,7 @@ def test_integer_ct_keeps_hu_scale_shape_and_dtype(model, ct_volume_int16):
     with torch.inference_mode():
         pred = model.network(torch.from_numpy(scaled[None])).numpy()[0]
     expected = original[:1] + window.inverse(pred) - window.inverse(scaled)
-    np.testing.assert_array_equal(denoised[:1], np.rint(expected).astype(np.int16))
+    np.testing.assert_allclose(denoised[:1], expected, atol=0.51)  # rounded to whole HU
     assert np.median(denoised[original < -900]) < -800  # air is still air in HU
     assert np.corrcoef(denoised.ravel(), original.ravel())[0, 1] > 0.8
 
