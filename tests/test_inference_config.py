@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 
 import numpy as np
@@ -112,3 +113,18 @@ def test_a_flat_picture_folder_with_a_window(tmp_path, ct_slice):
     result = read_image(tmp_path / "out" / "slice_denoised.png").array
     assert result.shape == image.shape and result.dtype == np.uint8
     assert 0 < np.abs(result.astype(int) - image).mean() < 20
+
+
+def test_command_line_runs_from_torchscript(exported_bundle, dicom_series_dir, tmp_path):
+    from test_denoise_cli import SCRIPT
+
+    spec = importlib.util.spec_from_file_location("denoise_cli_ts", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "ct.nrrd"
+    assert (
+        module.main([str(dicom_series_dir), "-o", str(output), "--bundle", str(exported_bundle), "--torchscript"]) == 0
+    )
+    checkpoint = tmp_path / "ct_checkpoint.nrrd"
+    assert module.main([str(dicom_series_dir), "-o", str(checkpoint), "--bundle", str(exported_bundle)]) == 0
+    np.testing.assert_allclose(read_image(output).array, read_image(checkpoint).array, atol=1)
