@@ -198,7 +198,12 @@ def _first_line(error: Exception) -> str:
 
 def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
     if not path.is_file():
-        raise BundleError(f"{path}: the TorchScript model is missing; export it with 'monai.bundle ckpt_export'")
+        bundle = path.parent.parent
+        raise BundleError(
+            f"{path}: the TorchScript model is missing; export it with PYTHONPATH={bundle} python -m monai.bundle "
+            f"ckpt_export network_def --filepath {path} --ckpt_file {bundle / 'models' / 'model.pt'} "
+            f"--meta_file {bundle / 'configs' / 'metadata.json'} --config_file {bundle / 'configs' / 'inference.yaml'}"
+        )
     try:
         return torch.jit.load(str(path), map_location=device)
     except Exception as error:  # any load failure means an unusable file
