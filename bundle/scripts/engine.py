@@ -161,7 +161,7 @@ def load_bundle(
                 f"{bundle_dir}: network_def takes {network.in_channels} input channels but the metadata says {channels}"
             )
         _load_weights(network, bundle_dir / "models" / "model.pt")
-    # Channels-last (NHWC) lets oneDNN run the convolutions without layout reorders: measured 1.6-2x faster per
+    # Channels-last (NHWC) lets oneDNN run the convolutions without layout reorders: measured 1.5-2x faster per
     # 512x512 slice on CPU than the default NCHW (scripts/bench_engine.py); TorchScript freezing gained nothing more.
     network = network.to(device=device, memory_format=torch.channels_last).eval()
     return LoadedModel(network, device, context=channels // 2, metadata=metadata, source=str(bundle_dir))
