@@ -46,6 +46,8 @@ from scripts.report import write_atomic  # noqa: E402
 from scripts.selfsupervised import adapt_model  # noqa: E402
 
 GAUSSIAN_SETTINGS = [spec for spec in DEFAULT_SETTINGS if spec.startswith("gaussian")]
+#: The self-supervised training config first: it may pin its own network.
+CONFIGS = ("train_selfsupervised.yaml", "train.yaml")
 #: Benchmark slices are already on the [0, 1] scale.
 UNIT_WINDOW = IntensityWindow(0.0, 1.0)
 
@@ -59,13 +61,13 @@ def _benchmark_script():
 
 
 def load_selfsupervised(checkpoint: Path, device: torch.device) -> LoadedModel:
-    """The network of ``train.yaml`` (which ``train_selfsupervised.yaml`` extends) with the checkpoint's weights."""
+    """The checkpoint's weights in the network of ``train_selfsupervised.yaml`` (or of ``train.yaml`` it extends)."""
     if not checkpoint.is_file():
         raise BundleError(
             f"{checkpoint}: no self-supervised checkpoint; train one with train_selfsupervised.yaml (see README)"
         )
-    config = yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())
-    network = build_network(config["network_def"])
+    configs = [yaml.safe_load((BUNDLE / "configs" / name).read_text()) for name in CONFIGS]
+    network = build_network(next(config["network_def"] for config in configs if "network_def" in config))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     context = getattr(network, "in_channels", 1) // 2
