@@ -1,0 +1,46 @@
+"""The shipped default model loads every way a user loads it (bundle config + model.pt, TorchScript model.ts), matches
+its metadata, and its two files agree. Its quality targets live in scripts/benchmark.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BUNDLE
+
+from scripts.data import center_crop, embedded_datalist, load_slices
+from scripts.engine import load_bundle
+
+MAX_MODEL_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_bundle(BUNDLE, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clean_crops():
+    slices = load_slices(embedded_datalist()["test"], max_slices_per_volume=1, progress=False)
+    return {item["modality"]: torch.from_numpy(center_crop(item["label"], 128).copy())[None] for item in slices}
+
+
+def test_weights_are_small_enough_to_ship():
+    for name in ("model.pt", "model.ts"):
+        assert 0 < (BUNDLE / "models" / name).stat().st_size < MAX_MODEL_BYTES, name
+
+
+def test_network_matches_the_metadata(shipped, clean_crops):
+    data_format = shipped.metadata["network_data_format"]
+    assert shipped.network.in_channels == data_format["inputs"]["image"]["num_channels"]
+    with torch.inference_mode():
+        out = shipped.network(clean_crops["CT"])
+    assert out.shape[1] == data_format["outputs"]["pred"]["num_channels"]
+    assert out.shape[-2:] == clean_crops["CT"].shape[-2:]
+
+
+def test_torchscript_export_matches_the_checkpoint(shipped, clean_crops):
+    scripted = load_bundle(BUNDLE, device="cpu", torchscript=True).network
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    image = clean_crops["MR"]
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted(image), shipped.network(image), atol=1e-4, rtol=1e-4)
