@@ -26,7 +26,11 @@ def test_default_is_gondaras_design():
 @pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (64, 64), (181, 217), (127, 33)])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"features": (16, 32, 64), "skip_connections": True, "residual": True, "final_activation": None}],
+    [
+        {},
+        {"features": (16, 32, 64), "skip_connections": True, "residual": True, "final_activation": None},
+        {"features": (8, 16), "skip_connections": True, "residual": True, "norm": "batch", "unshuffle": 2},
+    ],
 )
 def test_any_slice_size_maps_to_itself(height, width, options):
     network = DenoisingAutoencoder(**options).eval()
@@ -42,7 +46,8 @@ def test_padding_does_not_leak_into_the_result():
         whole = network(image)  # padded to 72
         unpadded = network(image[..., :64, :64])  # a multiple of 4: no padding
     # Away from the padded border (beyond the receptive field), the result does not depend on the padding.
-    assert torch.allclose(whole[..., :32, :32], unpadded[..., :32, :32], atol=1e-6)
+    # (atol 1e-5: oneDNN may pick a different convolution algorithm per input size.)
+    assert torch.allclose(whole[..., :32, :32], unpadded[..., :32, :32], atol=1e-5)
 
 
 def test_residual_predicts_the_noise():
@@ -72,3 +77,13 @@ def test_bad_arguments_are_rejected():
         DenoisingAutoencoder(features=())
     with pytest.raises(ValueError, match="final_activation"):
         DenoisingAutoencoder(final_activation="tanh")
+
+
+def test_unshuffle_stem_works_at_lower_resolution_and_clamp_bounds_the_output():
+    network = DenoisingAutoencoder(features=(8,), unshuffle=2, final_activation="clamp").eval()
+    assert network.multiple == 4
+    first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 4, "a 2x space-to-depth stem turns 1 channel into 4 at half resolution"
+    with torch.inference_mode():
+        out = network(torch.rand(1, 1, 30, 42) * 3 - 1)
+    assert out.shape == (1, 1, 30, 42) and out.min() >= 0 and out.max() <= 1
