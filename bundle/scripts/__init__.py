@@ -4,4 +4,4 @@ The bundle's configs import it with ``$import scripts`` (MONAI Model Zoo convent
 bundle folder on ``sys.path`` first.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
