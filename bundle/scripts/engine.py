@@ -298,5 +298,6 @@ def denoise_volume(
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round and clip to an integer dtype's range; clip to a float dtype's finite range (float16 overflows early)."""
     info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
-    values = np.rint(values) if dtype.kind in "iu" else values
+    # float64 for integers: float32 rounds uint32/int32 limits (e.g. 4294967295) past the range, and the cast wraps.
+    values = np.rint(values.astype(np.float64)) if dtype.kind in "iu" else values
     return np.clip(values, info.min, info.max).astype(dtype)
