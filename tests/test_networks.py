@@ -87,3 +87,23 @@ def test_unshuffle_stem_works_at_lower_resolution_and_clamp_bounds_the_output():
     with torch.inference_mode():
         out = network(torch.rand(1, 1, 30, 42) * 3 - 1)
     assert out.shape == (1, 1, 30, 42) and out.min() >= 0 and out.max() <= 1
+
+
+def test_global_context_starts_as_the_identity_and_then_sees_the_whole_image():
+    torch.manual_seed(0)
+    options = {"features": (8, 8), "skip_connections": True, "residual": True, "final_activation": None}
+    plain = DenoisingAutoencoder(**options).eval()
+    with_context = DenoisingAutoencoder(**options, global_context=True).eval()
+    missing = with_context.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["context.mix.bias", "context.mix.weight"], "a network without the block loads"
+    image = torch.rand(1, 1, 64, 64)
+    far_changed = image.clone()
+    far_changed[..., 48:, 48:] = 1.0  # a corner far outside the receptive field of pixel (0, 0)
+    with torch.inference_mode():
+        assert torch.equal(with_context(image), plain(image)), "zero-initialised: the identity"
+        assert torch.equal(with_context(image)[..., 0, 0], with_context(far_changed)[..., 0, 0]), "local so far"
+        torch.nn.init.normal_(with_context.context.mix.weight)
+        assert not torch.equal(with_context(image)[..., 0, 0], with_context(far_changed)[..., 0, 0]), (
+            "a trained block carries image-wide statistics to every pixel"
+        )
+    torch.jit.script(with_context)  # exportable as models/model.ts

@@ -27,6 +27,27 @@ def _block(in_channels: int, out_channels: int, convs: int, norm: str | None) ->
     )
 
 
+class GlobalContext(nn.Module):
+    """Adds a learned function of each feature map's image-wide mean to every position.
+
+    A blind model cannot tell some noise models apart from a local window: ``0.1 * N(1, 2)`` (an offset of 0.1) and
+    ``0.2 * N(0, 1)`` have the same spread; only image-wide statistics, such as how many pixels were clipped at 0 or 1,
+    show whether to remove an offset. The 1x1 mixing convolution starts at zero, so the block starts as the identity
+    and a network trained without it loads and behaves unchanged.
+
+    Shapes: ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(channels, channels, kernel_size=1)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.zeros_(self.mix.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(x.mean(dim=(2, 3), keepdim=True))
+
+
 class DenoisingAutoencoder(nn.Module):
     """Convolutional encoder-decoder that maps a noisy slice to a clean one.
 
@@ -45,6 +66,8 @@ class DenoisingAutoencoder(nn.Module):
         unshuffle: space-to-depth factor of the stem: the input is rearranged into ``in_channels * unshuffle**2``
             channels at ``1 / unshuffle`` resolution and the head's output is shuffled back (1 = no stem). A factor
             of 2 cuts the cost of every convolution by 4 at a given width.
+        global_context: add a :class:`GlobalContext` block at the lowest resolution, so whole-image statistics can
+            tell noise models apart (what one blind model needs for offset and zero-mean noise of the same spread).
 
     Shapes: input ``(B, in_channels, H, W)`` with any H, W >= 1 (padded internally to a multiple of the downsampling
     factor and cropped back); output ``(B, out_channels, H, W)``. Intensities are expected in [0, 1].
@@ -61,6 +84,7 @@ class DenoisingAutoencoder(nn.Module):
         norm: str | None = None,
         final_activation: str | None = "sigmoid",
         unshuffle: int = 1,
+        global_context: bool = False,
     ) -> None:
         super().__init__()
         if not features or min(features) < 1 or convs_per_level < 1 or unshuffle < 1:
@@ -76,6 +100,7 @@ class DenoisingAutoencoder(nn.Module):
         for width in features:
             self.encoder.append(_block(channels, width, convs_per_level, norm))
             channels = width
+        self.context = GlobalContext(channels) if global_context else nn.Identity()
         self.decoder = nn.ModuleList()
         for width in reversed(features):
             self.decoder.append(_block(channels, width, convs_per_level, norm))
@@ -94,6 +119,7 @@ class DenoisingAutoencoder(nn.Module):
             h = block(h)
             skips.append(h)
             h = F.max_pool2d(h, 2)
+        h = self.context(h)
         for level, block in enumerate(self.decoder):  # indexing, not zip(reversed()): TorchScript (ckpt_export)
             h = F.interpolate(block(h), scale_factor=2.0, mode="nearest")
             if self.skip_connections:
