@@ -71,7 +71,7 @@ def load_selfsupervised(checkpoint: Path, device: torch.device) -> LoadedModel:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     context = getattr(network, "in_channels", 1) // 2
-    return LoadedModel(network.to(device).eval(), device, context=context, source=str(checkpoint))
+    return LoadedModel(network.to(device).eval(), device, context=context, source=str(checkpoint), blind_spot=True)
 
 
 def denoise(model: LoadedModel, image: np.ndarray) -> np.ndarray:

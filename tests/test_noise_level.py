@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from skimage.restoration import estimate_sigma
 
 from scripts.data import center_crop, load_slices
 from scripts.errors import InvalidImageError
 from scripts.intensity import IntensityWindow
 from scripts.noise import noise_sigma, parse_noise
-from scripts.noise_level import estimate_noise_level, slice_noise_sigma
+from scripts.noise_level import estimate_noise_level, noise_share, slice_noise_sigma
 
 SETTINGS = ("gaussian:factor=0.05,mean=0,std=1", "gaussian:factor=0.1,mean=0,std=1", "gaussian:factor=0.2,mean=0,std=1")
 
@@ -71,3 +72,31 @@ def test_reference_images_read_far_below_the_added_noise(test_images):
 def test_bad_input_is_refused_with_a_clear_message(volume, message):
     with pytest.raises(InvalidImageError, match=message):
         estimate_noise_level(volume)
+
+
+def test_noise_share_blends_an_over_smoothed_prediction_back_towards_the_input(test_images):
+    from scipy.ndimage import uniform_filter
+
+    from scripts.engine import LoadedModel, denoise_volume
+    from scripts.metrics import image_metrics
+
+    class BoxBlur(torch.nn.Module):
+        """Stands in for a blind-spot network: predicts each pixel from its 15x15 neighbourhood, over-smoothing."""
+
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 15, stride=1, padding=7, count_include_pad=False)
+
+    for clean in test_images:
+        noisy = _noised(clean, "gaussian:factor=0.05,mean=0,std=1")
+        blurred = uniform_filter(noisy.astype(np.float64), 15, mode="nearest")
+        share = noise_share(noisy, blurred)
+        assert 0.2 < share < 1, "part of what a 15x15 blur removes from a real image is signal"
+        assert noise_share(noisy, clean) > 0.9, "removing exactly the noise: (almost) all of the difference is noise"
+        assert noise_share(noisy, noisy + 0.3 * (clean - noisy)) == 1, "a prediction that keeps noise is left alone"
+
+        unit = IntensityWindow(0.0, 1.0)
+        plain = LoadedModel(BoxBlur(), torch.device("cpu"))
+        calibrated = LoadedModel(BoxBlur(), torch.device("cpu"), blind_spot=True)
+        psnr_plain = image_metrics(denoise_volume(noisy, plain, unit, float_output=True), clean)["psnr"]
+        psnr_calibrated = image_metrics(denoise_volume(noisy, calibrated, unit, float_output=True), clean)["psnr"]
+        assert psnr_calibrated > psnr_plain + 0.2, (psnr_plain, psnr_calibrated)

@@ -55,6 +55,9 @@ class LoadedModel:
     """A denoising network ready for inference, with what the engine needs to feed it.
 
     ``context`` is the number of neighbouring slices on each side given as extra input channels (2.5D; 0 for 2D).
+    ``blind_spot`` marks a network trained with the blind-spot objective (self-supervised or adapted to a scan): it
+    predicts each pixel from its neighbours only, so it over-smooths where the noise is low, and the engine gives back
+    part of the input by the slice's noise level (:func:`scripts.noise_level.noise_share`).
     """
 
     network: torch.nn.Module
@@ -62,6 +65,7 @@ class LoadedModel:
     context: int = 0
     metadata: dict = dataclasses.field(default_factory=dict)
     source: str = ""
+    blind_spot: bool = False
 
     @property
     def version(self) -> str:
@@ -287,7 +291,12 @@ def denoise_volume(
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
             pred = model.network(batch).float().cpu().numpy()[:, 0]
             correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
-            result = stack[indices].astype(np.float32) + np.float32(strength) * correction
+            shares = np.ones(len(indices), dtype=np.float32)
+            if model.blind_spot:
+                from .noise_level import noise_share  # noise_level builds on this module's checks
+
+                shares[:] = [noise_share(noisy, p) for noisy, p in zip(scaled[:, model.context], pred, strict=True)]
+            result = stack[indices].astype(np.float32) + np.float32(strength) * shares[:, None, None] * correction
             output[indices] = _cast(result, out_dtype)
             if progress is not None and progress(int(indices[-1]) + 1, total) is False:
                 raise CancelledError(f"cancelled after {int(indices[-1]) + 1} of {total} slices; nothing was written")

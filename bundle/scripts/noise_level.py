@@ -62,6 +62,24 @@ def slice_noise_sigma(image: np.ndarray) -> float:
     return float(sigma)
 
 
+def noise_share(noisy: np.ndarray, prediction: np.ndarray) -> float:
+    """The share of ``noisy - prediction`` that is noise: ``sigma^2 / mean((noisy - prediction)^2)``, at most 1.
+
+    A blind-spot prediction's error is independent of the pixel's own noise, so the mean squared difference is
+    ``sigma^2 + v`` (``v``: the prediction's error variance), and ``noisy + share * (prediction - noisy)`` weights the
+    prediction and the noisy pixel by their inverse variances: the least-squares blend of the two (the Gaussian case
+    of Laine et al. 2019, with one variance per slice). A prediction that removes only noise gets a share of 1; one
+    that keeps some noise (difference below sigma^2) is left as it is.
+
+    Args:
+        noisy, prediction: one slice each (H x W, same units); slices too small to measure the noise get 1.
+    """
+    difference = float(np.mean((np.asarray(noisy, np.float64) - prediction) ** 2))
+    if difference == 0.0 or min(np.shape(noisy)) < _MIN_SIDE:
+        return 1.0
+    return min(1.0, slice_noise_sigma(noisy) ** 2 / difference)
+
+
 def estimate_noise_level(
     volume: np.ndarray, window: IntensityWindow | None = None, axis: int = 0, max_slices: int = 16
 ) -> NoiseLevel:

@@ -204,8 +204,8 @@ def adapt_model(
         max_steps: also stop after this many steps (reproducible work regardless of machine load).
 
     Returns:
-        A new :class:`LoadedModel` in eval mode whose ``metadata["adaptation"]`` records steps, seconds, the last
-        losses and the slowest step.
+        A new :class:`LoadedModel` in eval mode, marked ``blind_spot``, whose ``metadata["adaptation"]`` records steps,
+        seconds, the last losses and the slowest step.
     """
     volume = check_volume(volume, axis)
     if not seconds > 0:
@@ -240,7 +240,8 @@ def adapt_model(
         if progress is not None and progress(int(min(elapsed, seconds) * 1000), int(seconds * 1000)) is False:
             raise CancelledError(f"adaptation cancelled after {elapsed:.1f} s ({steps} steps); the model is unchanged")
     record = {"steps": steps, "seconds": elapsed, "loss": float(np.mean(losses[-10:])), "slowest_step": slowest}
-    return dataclasses.replace(model, network=network.eval(), metadata={**model.metadata, "adaptation": record})
+    adapted = {**model.metadata, "adaptation": record}
+    return dataclasses.replace(model, network=network.eval(), metadata=adapted, blind_spot=True)
 
 
 def _random_patch(
