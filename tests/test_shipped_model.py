@@ -3,12 +3,15 @@ its metadata, and its two files agree. Its quality targets live in scripts/bench
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
-from conftest import BUNDLE
+from conftest import BUNDLE, ROOT
 
 from scripts.data import center_crop, embedded_datalist, load_slices
-from scripts.engine import load_bundle
+from scripts.engine import denoise_volume, load_bundle
+from scripts.intensity import IntensityWindow
 from scripts.metrics import image_metrics
 from scripts.noise import DEFAULT_SETTINGS, parse_noise
 
@@ -62,3 +65,22 @@ def test_denoising_improves_psnr_on_real_images(shipped, clean_crops, spec, moda
         denoised = shipped.network(noisy)
     before, after = image_metrics(noisy, clean)["psnr"], image_metrics(denoised, clean)["psnr"]
     assert after > before + 0.5, f"{modality}, {spec}: PSNR {before:.2f} dB noisy -> {after:.2f} dB denoised"
+
+
+def test_shipped_selfsupervised_model_loads_in_its_config_network_and_denoises(clean_crops):
+    """models/model_selfsupervised.pt (trained on noisy images only) fits train_selfsupervised.yaml's network."""
+    spec = importlib.util.spec_from_file_location("bench_selfsupervised", ROOT / "scripts" / "bench_selfsupervised.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = bench.load_selfsupervised(BUNDLE / "models" / "model_selfsupervised.pt", torch.device("cpu"))
+    assert model.blind_spot
+    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
+    noise.set_random_state(seed=0)
+    for modality, clean in clean_crops.items():
+        noisy = noise(clean)[0].numpy()
+        denoised = denoise_volume(noisy, model, IntensityWindow(0.0, 1.0), float_output=True)
+        before, after = (
+            image_metrics(noisy, clean[0].numpy())["psnr"],
+            image_metrics(denoised, clean[0].numpy())["psnr"],
+        )
+        assert after > before + 3.0, f"{modality}: PSNR {before:.2f} dB noisy -> {after:.2f} dB"
