@@ -5,7 +5,8 @@
 
 Prints: the machine's dense-matmul GFLOP/s; the network's FLOPs per slice and achieved GFLOP/s; NCHW vs channels-last
 and batch sizes (interleaved, best of several rounds, so other load on the machine hits each alike); seconds per
-512 x 512 slice and per 512 x 512 x N int16 volume through ``denoise_volume``; peak resident memory against the
+512 x 512 slice and per 512 x 512 x N int16 volume through ``denoise_volume``; BM3D on the same slice (the classical
+method a careful user would pick instead) and how many times faster the engine is; peak resident memory against the
 budget of 3x the volume's float32 size plus the model.
 """
 
@@ -28,9 +29,11 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from scripts.baselines import bm3d  # noqa: E402
 from scripts.data import embedded_datalist  # noqa: E402
 from scripts.engine import denoise_volume, load_bundle  # noqa: E402
 from scripts.image_io import read_image  # noqa: E402
+from scripts.intensity import IntensityWindow  # noqa: E402
 
 MB = 2**20
 
@@ -100,6 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     baseline_rss = psutil.Process().memory_info().rss  # imports, model and the int16 volume itself
     one_slice = best_seconds({"slice": lambda: denoise_volume(volume[:1], model)}, args.rounds)["slice"]
     print(f"engine, one 512x512 int16 slice: {one_slice:.3f} s")
+    plane = IntensityWindow.from_data(volume[0]).forward(volume[0])  # BM3D works on the same [0, 1] scale
+    start = time.perf_counter()
+    bm3d(plane)  # sigma estimated from the slice, as a user without the true sigma runs it
+    bm3d_seconds = time.perf_counter() - start
+    print(f"BM3D, the same slice: {bm3d_seconds:.1f} s: the engine is {bm3d_seconds / one_slice:.0f}x faster")
     with tqdm(total=len(volume), desc="512x512 volume", unit="slice") as bar:
         start = time.perf_counter()
         denoise_volume(volume, model, batch_size=args.batch_size, progress=lambda done, _: bar.update(done - bar.n))

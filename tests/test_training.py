@@ -41,3 +41,34 @@ def test_train_config_runs_two_epochs_and_saves_the_best_checkpoint(tmp_path):
     assert list((tmp_path / "runs").glob("events.out.tfevents.*")), "TensorBoard logs"
     assert (tmp_path / "runs" / "validation_curve.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "datalist.json").is_file()
+
+
+def test_continue_config_starts_from_a_checkpoint_and_grows_identity_blocks(tmp_path):
+    _, inference = read_bundle_config(BUNDLE)
+    without_context = build_network({**inference["network_def"], "global_context": False})
+    checkpoint = tmp_path / "start.pt"
+    torch.save(without_context.state_dict(), checkpoint)
+    workflow = ConfigWorkflow(
+        config_file=[str(BUNDLE / "configs" / "train.yaml"), str(BUNDLE / "configs" / "continue.yaml")],
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        **{
+            "init_checkpoint": str(checkpoint),
+            "output_dir": str(tmp_path / "runs"),
+            "ckpt_dir": str(tmp_path / "models"),
+            "max_slices_per_volume": 1,
+            "patch_size": 32,
+            "learning_rate": 0.0,  # weights stay where the checkpoint put them
+            "train#trainer#max_epochs": 1,
+        },
+    )
+    workflow.initialize()
+    workflow.run()
+    trained = workflow.parser.get_parsed_content("network").state_dict()
+    workflow.finalize()
+
+    for name, weight in without_context.state_dict().items():
+        if name.endswith("weight") or name.endswith("bias"):  # (BatchNorm's running statistics move in training)
+            assert torch.equal(trained[name].cpu(), weight), f"{name} was not loaded from the checkpoint"
+    assert trained["context.mix.weight"].abs().max() == 0, "the block the checkpoint lacks starts at zero"

@@ -218,6 +218,11 @@ def adapt_model(
     rng = np.random.RandomState(seed)
     masking = BlindSpotMaskd("image", ratio=ratio).set_random_state(state=rng)
     network = copy.deepcopy(model.network).to(model.device).train()
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            # Keep the statistics learnt over the training set: re-estimated from one scan's small patches they drift
+            # within a few steps and cost several dB (measured on speckle noise, docs/experiments.md).
+            module.eval()
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     loss_function = BlindSpotLoss()
     losses, slowest, steps = [], 0.0, 0
