@@ -283,6 +283,8 @@ def denoise_volume(
     output = np.empty(stack.shape, dtype=out_dtype)
     total = stack.shape[0]
     offsets = np.arange(-model.context, model.context + 1)
+    if model.blind_spot:
+        from .noise_level import noise_share  # imported here: noise_level builds on this module's checks
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             indices = np.arange(start, min(total, start + batch_size))
@@ -293,8 +295,6 @@ def denoise_volume(
             correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
             shares = np.ones(len(indices), dtype=np.float32)
             if model.blind_spot:
-                from .noise_level import noise_share  # noise_level builds on this module's checks
-
                 shares[:] = [noise_share(noisy, p) for noisy, p in zip(scaled[:, model.context], pred, strict=True)]
             result = stack[indices].astype(np.float32) + np.float32(strength) * shares[:, None, None] * correction
             output[indices] = _cast(result, out_dtype)
