@@ -215,3 +215,26 @@ def test_2_5d_bundle_feeds_neighbouring_slices(tmp_path, ct_volume_int16):
         pred = model.network(torch.from_numpy(stack)).numpy()[0, 0]
     expected = ct_volume_int16[0] + window.inverse(pred) - window.inverse(stack[0, 1])
     np.testing.assert_allclose(denoised[0], expected, atol=1e-2)
+
+
+def test_self_ensemble_is_rotation_equivariant_and_denoises_better(model, mni):
+    from scripts.engine import predict_self_ensemble
+
+    clean = mni[88:89, 10:218, 8:188]  # one axial slice of real brain, 208 x 180 (not square)
+    window = IntensityWindow.from_data(clean)
+    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1").set_random_state(seed=0)
+    noisy = window.forward(window.inverse(noise(window.forward(clean))))
+    batch = torch.from_numpy(noisy[None]).float()
+    with torch.inference_mode():
+        ensemble = predict_self_ensemble(model.network, batch)
+        turned = predict_self_ensemble(model.network, torch.rot90(batch, 1, dims=(-2, -1)))
+        mirrored = predict_self_ensemble(model.network, batch.flip(-1))
+    assert ensemble.shape == batch.shape
+    torch.testing.assert_close(turned, torch.rot90(ensemble, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mirrored, ensemble.flip(-1), atol=1e-5, rtol=0)
+
+    target = window.forward(clean)[:, None]
+    plain = denoise_volume(noisy, model, window=IntensityWindow(0.0, 1.0), float_output=True)
+    averaged = denoise_volume(noisy, model, window=IntensityWindow(0.0, 1.0), float_output=True, self_ensemble=True)
+    psnr = {name: image_metrics(out[:, None], target)["psnr"] for name, out in [("plain", plain), ("avg", averaged)]}
+    assert psnr["avg"] > psnr["plain"] > image_metrics(noisy[:, None], target)["psnr"], psnr

@@ -77,6 +77,8 @@ def test_bad_arguments_are_rejected():
         DenoisingAutoencoder(features=())
     with pytest.raises(ValueError, match="final_activation"):
         DenoisingAutoencoder(final_activation="tanh")
+    with pytest.raises(ValueError, match="refine_blocks"):
+        DenoisingAutoencoder(refine_blocks=-1)
 
 
 def test_unshuffle_stem_works_at_lower_resolution_and_clamp_bounds_the_output():
@@ -107,3 +109,23 @@ def test_global_context_starts_as_the_identity_and_then_sees_the_whole_image():
             "a trained block carries image-wide statistics to every pixel"
         )
     torch.jit.script(with_context)  # exportable as models/model.ts
+
+
+@pytest.mark.parametrize("norm", ["batch", None])
+def test_refine_blocks_start_as_the_identity_then_learn(norm):
+    torch.manual_seed(0)
+    options = {"features": (8, 16), "skip_connections": True, "residual": True, "final_activation": None, "norm": norm}
+    plain = DenoisingAutoencoder(**options).eval()
+    deeper = DenoisingAutoencoder(**options, refine_blocks=2).eval()
+    missing = deeper.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(".body." in key for key in missing), "a network without the blocks loads"
+    assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in plain.parameters())
+    image = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(deeper(image), plain(image)), "zero-initialised: the identity"
+    deeper.train()
+    torch.nn.functional.mse_loss(deeper(image), torch.zeros_like(image)).backward()
+    last = deeper.decoder[0][-1].body[1]
+    grad = last.adn.N.weight.grad if norm else last.conv.weight.grad
+    assert grad is not None and grad.abs().sum() > 0, "the zero-initialised layer receives a gradient"
+    torch.jit.script(deeper)  # exportable as models/model.ts

@@ -110,6 +110,7 @@ def test_seeded_runs_repeat_and_differ_between_seeds(spec):
         "mask:p=0.3",
         "gaussian:factor=0.1,mean=0,std=1,clip=0",
         "mix:gaussian:factor=0..0.5,mean=0,std=1|rician:std=0.01..0.1",
+        "mix:gaussian:factor=0..0.5,mean=0,std=1,weight=3|rician:std=0.01..0.1",
     ],
 )
 def test_spec_round_trips(spec):
@@ -137,6 +138,9 @@ def test_spec_fills_defaults_and_parses_ranges():
         ("gaussian:clip=maybe", "0 or 1"),
         ("", "non-empty"),
         ("mix:mix:gaussian", "cannot contain another mixture"),
+        ("mix:gaussian:weight=many|photon", "must be a number"),
+        ("mix:gaussian:weight=-1|photon", "non-negative"),
+        ("gaussian:factor=0.1,weight=2", "no parameter weight"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(spec, words):
@@ -156,6 +160,19 @@ def test_mixture_draws_members_and_levels_per_sample():
         stds.append(float(out.std()))
     assert chosen == {"gaussian", "photon"}
     assert max(stds) > 4 * min(stds), "levels vary from sample to sample"
+
+
+def test_mixture_weights_set_how_often_each_member_is_drawn():
+    mixture = parse_noise("mix:gaussian:factor=0.1,weight=3|photon:peak=200")
+    np.testing.assert_allclose(mixture.weights, [0.75, 0.25])
+    mixture.set_random_state(seed=0)
+    draws = []
+    for _ in range(400):
+        mixture(GREY)
+        draws.append(mixture.chosen.NAME == "gaussian")
+    assert 0.68 < np.mean(draws) < 0.82
+    uniform = parse_noise("mix:gaussian:factor=0.1|photon:peak=200")
+    assert "weight" not in uniform.spec and parse_noise(mixture.spec).spec == mixture.spec
 
 
 def test_torch_in_torch_out_and_dictionary_version():

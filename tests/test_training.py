@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import BUNDLE
 from monai.bundle import ConfigWorkflow
@@ -72,3 +73,23 @@ def test_continue_config_starts_from_a_checkpoint_and_grows_identity_blocks(tmp_
         if name.endswith("weight") or name.endswith("bias"):  # (BatchNorm's running statistics move in training)
             assert torch.equal(trained[name].cpu(), weight), f"{name} was not loaded from the checkpoint"
     assert trained["context.mix.weight"].abs().max() == 0, "the block the checkpoint lacks starts at zero"
+
+
+def test_ssim_l1_loss_mixes_monai_ssim_and_l1_on_a_real_slice(ct_slice):
+    from monai.metrics import SSIMMetric
+
+    from scripts.training import SSIML1Loss
+
+    clean = torch.as_tensor(ct_slice[None, None, :128, :128], dtype=torch.float32)
+    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    l1 = torch.nn.functional.l1_loss(noisy, clean)
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0)(noisy, clean).mean()
+    assert SSIML1Loss()(clean, clean) == 0
+    torch.testing.assert_close(SSIML1Loss(alpha=0.0)(noisy, clean), l1)
+    torch.testing.assert_close(SSIML1Loss(alpha=1.0)(noisy, clean), 1 - ssim)
+    torch.testing.assert_close(SSIML1Loss(alpha=0.84)(noisy, clean), 0.84 * (1 - ssim) + 0.16 * l1)
+    prediction = noisy.clone().requires_grad_()
+    SSIML1Loss()(prediction, clean).backward()
+    assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="alpha"):
+        SSIML1Loss(alpha=1.5)

@@ -242,6 +242,21 @@ def check_volume(volume: Any, axis: int = 0) -> np.ndarray:
     return volume
 
 
+def predict_self_ensemble(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The mean of ``network``'s outputs over the 8 flips and 90-degree rotations of ``batch`` (B, C, H, W), each
+    mapped back (the self-ensemble of Timofte et al. 2016 and Lim et al. 2017). A fixed, exhaustive set, unlike
+    MONAI's random ``TestTimeAugmentation``, so the result is deterministic. Returns (B, out_channels, H, W)."""
+    total = torch.zeros(())
+    for quarter_turns in range(4):
+        for mirror in (False, True):
+            view = torch.rot90(batch, quarter_turns, dims=(-2, -1))
+            view = view.flip(-1) if mirror else view
+            out = network(view.contiguous(memory_format=torch.channels_last))
+            out = out.flip(-1) if mirror else out
+            total = total + torch.rot90(out, -quarter_turns, dims=(-2, -1))
+    return total / 8
+
+
 def denoise_volume(
     volume: np.ndarray,
     model: LoadedModel,
@@ -251,6 +266,7 @@ def denoise_volume(
     strength: float = 1.0,
     float_output: bool = False,
     progress: ProgressCallback | None = None,
+    self_ensemble: bool = False,
 ) -> np.ndarray:
     """Denoise a K x J x I volume (or a J x I image) slice by slice along ``axis``.
 
@@ -267,6 +283,8 @@ def denoise_volume(
             input keeps its float dtype.
         progress: ``progress(done, total)`` after each batch; returning ``False`` cancels (raises
             :class:`CancelledError`, nothing is returned).
+        self_ensemble: average the network's output over the 8 flips and 90-degree rotations of each slice
+            (:func:`predict_self_ensemble`): 8x the time for a cleaner result, most of all from blind-spot models.
 
     Returns:
         An array of the input's shape, in the input's units.
@@ -291,7 +309,8 @@ def denoise_volume(
             neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
             scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            pred = model.network(batch).float().cpu().numpy()[:, 0]
+            pred = predict_self_ensemble(model.network, batch) if self_ensemble else model.network(batch)
+            pred = pred.float().cpu().numpy()[:, 0]
             correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
             shares = np.ones(len(indices), dtype=np.float32)
             if model.blind_spot:

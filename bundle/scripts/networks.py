@@ -48,6 +48,31 @@ class GlobalContext(nn.Module):
         return x + self.mix(x.mean(dim=(2, 3), keepdim=True))
 
 
+class RefineBlock(nn.Module):
+    """A residual block ``x + norm(conv(relu(norm(conv(x)))))`` that starts as the identity.
+
+    The last normalisation's scale (or, without normalisation, the last convolution) starts at zero, as in Goyal et
+    al. (2017), so a trained network grown by these blocks loads (``strict=False``) and behaves unchanged, then
+    learns to use the extra depth. MONAI's ``ResidualUnit`` has no such start, hence this block.
+
+    Shapes: ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, norm: str | None) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            Convolution(2, channels, channels, kernel_size=3, act="relu", norm=norm),
+            Convolution(2, channels, channels, kernel_size=3, act=None, norm=norm),
+        )
+        last = self.body[1]
+        nn.init.zeros_(last.adn.N.weight if norm else last.conv.weight)
+        if not norm:
+            nn.init.zeros_(last.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 class DenoisingAutoencoder(nn.Module):
     """Convolutional encoder-decoder that maps a noisy slice to a clean one.
 
@@ -68,6 +93,8 @@ class DenoisingAutoencoder(nn.Module):
             of 2 cuts the cost of every convolution by 4 at a given width.
         global_context: add a :class:`GlobalContext` block at the lowest resolution, so whole-image statistics can
             tell noise models apart (what one blind model needs for offset and zero-mean noise of the same spread).
+        refine_blocks: :class:`RefineBlock` residual blocks after each decoder block: depth at the low-resolution
+            levels, where it is cheap (0 = none).
 
     Shapes: input ``(B, in_channels, H, W)`` with any H, W >= 1 (padded internally to a multiple of the downsampling
     factor and cropped back); output ``(B, out_channels, H, W)``. Intensities are expected in [0, 1].
@@ -85,10 +112,14 @@ class DenoisingAutoencoder(nn.Module):
         final_activation: str | None = "sigmoid",
         unshuffle: int = 1,
         global_context: bool = False,
+        refine_blocks: int = 0,
     ) -> None:
         super().__init__()
-        if not features or min(features) < 1 or convs_per_level < 1 or unshuffle < 1:
-            raise ValueError("features must be a non-empty list of positive widths, convs_per_level and unshuffle >= 1")
+        if not features or min(features) < 1 or convs_per_level < 1 or unshuffle < 1 or refine_blocks < 0:
+            raise ValueError(
+                "features must be a non-empty list of positive widths, convs_per_level and unshuffle >= 1, "
+                "refine_blocks >= 0"
+            )
         if final_activation not in _FINAL_ACTIVATIONS:
             raise ValueError(f"final_activation must be one of {list(_FINAL_ACTIVATIONS)}, not {final_activation!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -103,7 +134,9 @@ class DenoisingAutoencoder(nn.Module):
         self.context = GlobalContext(channels) if global_context else nn.Identity()
         self.decoder = nn.ModuleList()
         for width in reversed(features):
-            self.decoder.append(_block(channels, width, convs_per_level, norm))
+            block = _block(channels, width, convs_per_level, norm)
+            block.extend(RefineBlock(width, norm) for _ in range(refine_blocks))
+            self.decoder.append(block)
             channels = width + (width if skip_connections else 0)
         self.head = Convolution(2, channels, out_channels * unshuffle**2, kernel_size=3, conv_only=True)
         self.unstem = nn.PixelShuffle(unshuffle)

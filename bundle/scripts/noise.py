@@ -5,7 +5,8 @@ and float32 values) and clips its output to [0, 1] unless built with ``clip=Fals
 
 Spec strings name a model and its parameters, e.g. ``gaussian:factor=0.1,mean=0,std=1``. A parameter written as a range
 ``LOW..HIGH`` is drawn uniformly per sample, which is how one blind model is trained across noise levels. A mixture of
-models is written ``mix:SPEC|SPEC|...`` and draws one member per sample.
+models is written ``mix:SPEC|SPEC|...`` and draws one member per sample, each with probability proportional to its
+``weight=W`` parameter (default 1).
 
     >>> noise = parse_noise("gaussian:factor=0.07,mean=0,std=1")
     >>> noise.set_random_state(seed=0)
@@ -238,7 +239,11 @@ class NoiseMixture(RandomizableTransform):
 
     @property
     def spec(self) -> str:
-        return "mix:" + "|".join(member.spec for member in self.members)
+        uniform = np.allclose(self.weights, self.weights[0])
+        return "mix:" + "|".join(
+            member.spec if uniform else f"{member.spec},weight={weight * len(self.weights):g}"
+            for member, weight in zip(self.members, self.weights, strict=True)
+        )
 
     def __repr__(self) -> str:
         return f"NoiseMixture({self.spec!r})"
@@ -273,10 +278,11 @@ def parse_noise(spec: str | Noise) -> Noise:
         raise NoiseSpecError(f"a noise spec must be a non-empty string such as 'gaussian:factor=0.1', not {spec!r}")
     spec = spec.strip()
     if spec.startswith("mix:"):
-        members = [parse_noise(part) for part in spec[4:].split("|")]
+        weighted = [_split_weight(part) for part in spec[4:].split("|")]
+        members = [parse_noise(part) for part, _ in weighted]
         if any(isinstance(member, NoiseMixture) for member in members):
             raise NoiseSpecError(f"a mixture cannot contain another mixture: {spec!r}")
-        return NoiseMixture(members)
+        return NoiseMixture(members, weights=[weight for _, weight in weighted])
     name, _, params = spec.partition(":")
     cls = NoiseModel.REGISTRY.get(name.strip().lower())
     if cls is None:
@@ -295,6 +301,22 @@ def parse_noise(spec: str | Noise) -> Noise:
         else:
             levels[key] = _parse_level(key, value.strip())
     return cls(clip=clip, **levels)
+
+
+def _split_weight(member_spec: str) -> tuple[str, float]:
+    """``"gaussian:factor=0.1,weight=2"`` -> ``("gaussian:factor=0.1", 2.0)``: a mixture member's draw weight."""
+    name, _, params = member_spec.partition(":")
+    kept, weight = [], 1.0
+    for item in params.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() != "weight":
+            kept.append(item)
+            continue
+        try:
+            weight = float(value)
+        except ValueError:
+            raise NoiseSpecError(f"mixture weight in {member_spec!r} must be a number, e.g. weight=2") from None
+    return f"{name}:{','.join(kept)}" if kept else name, weight
 
 
 def noise_sigma(spec: str | Noise) -> float | None:

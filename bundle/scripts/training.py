@@ -4,7 +4,32 @@ from __future__ import annotations
 
 import os
 
+import torch
 from ignite.engine import Engine, Events
+from monai.losses import SSIMLoss
+from torch import nn
+
+
+class SSIML1Loss(nn.Module):
+    """``alpha * (1 - SSIM) + (1 - alpha) * L1``, the mix Zhao et al. (2017) found to restore images better, on PSNR
+    and SSIM alike, than L2 or L1 alone (their alpha: 0.84).
+
+    SSIM (MONAI's, 11x11 Gaussian window) rewards smooth flat regions and kept structure, where a blind denoiser trained
+    with L1 alone leaves blotches; L1 keeps the intensities (SSIM alone ignores small offsets).
+
+    Shapes: prediction and target ``(B, 1, H, W)`` in [0, 1], H and W >= 11; returns a scalar.
+    """
+
+    def __init__(self, alpha: float = 0.84) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+        self.alpha = alpha
+        self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        l1 = torch.nn.functional.l1_loss(prediction, target)
+        return self.alpha * self.ssim(prediction, target) + (1.0 - self.alpha) * l1
 
 
 class ValidationCurve:
