@@ -96,6 +96,17 @@ class SliceAxis(enum.Enum):
         return {0: "K (acquisition slices)", 1: "J (rows)", 2: "I (columns)"}[self.value]
 
 
+class Quality(enum.Enum):
+    """How many flips/rotations of each slice the model sees and averages (the engine's self-ensemble ``views``)."""
+
+    FAST = 1
+    BETTER = 2
+    BEST = 8
+
+    def label(self) -> str:
+        return {1: "Fast", 2: "Better (2x time)", 8: "Best (8x time)"}[self.value]
+
+
 DEVICES = ["auto", "cpu", "cuda"]
 
 
@@ -117,6 +128,7 @@ class MedDenoiseParameterNode:
     axis: SliceAxis = SliceAxis.K
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     adaptSeconds: Annotated[int, WithinRange(0, 3600)] = 0
+    quality: Quality = Quality.FAST
     device: Annotated[str, Choice(DEVICES)] = "auto"
     allowInputOverwrite: bool = False
     noiseSpec: str = "gaussian:factor=0.1,mean=0,std=1"
@@ -248,6 +260,7 @@ class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     axis=params.axis.value,
                     strength=params.strength,
                     adaptSeconds=params.adaptSeconds,
+                    views=params.quality.value,
                     device=params.device,
                     referenceVolume=params.referenceVolume,
                     allowInputOverwrite=params.allowInputOverwrite,
@@ -380,6 +393,7 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
         axis: int = 0,
         strength: float = 1.0,
         adaptSeconds: float = 0.0,
+        views: int = 1,
         device: str = "auto",
         referenceVolume=None,
         allowInputOverwrite: bool = False,
@@ -397,6 +411,8 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
             axis: 0, 1 or 2 — the K, J or I axis of the voxel array to slide the 2D model along.
             strength: 0 (original) .. 1 (fully denoised).
             adaptSeconds: first fine-tune a copy of the model on this scan's own noise for this long (0 = off).
+            views: self-ensemble size, 1, 2, 4 or 8: the model sees that many flips/rotations of each slice and the
+                results are averaged (cleaner, ``views`` times the time).
             device: ``auto``, ``cpu`` or ``cuda``.
             referenceVolume: a clean volume of the same shape; PSNR/SSIM before and after go to the result.
             allowInputOverwrite: required to write into the input volume itself.
@@ -420,6 +436,8 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
             raise ModuleError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         if not 0.0 <= strength <= 1.0:
             raise ModuleError(f"strength {strength} must be between 0 (original) and 1 (fully denoised)")
+        if views not in (1, 2, 4, 8):
+            raise ModuleError(f"views {views} must be 1, 2, 4 or 8 (flips/rotations averaged)")
         if model is not None:
             model = self.modelInfo(model).path
         workdir = Path(slicer.util.tempDirectory("MedDenoise"))
@@ -427,6 +445,8 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
         referenceFile = self._writeVolume(referenceVolume, workdir / "reference.nrrd") if referenceVolume else None
         resultFile = workdir / "denoised.nrrd"
         options = {"model": model, "device": device, "reference": referenceFile, "axis": axis, "strength": strength}
+        if views > 1:
+            options["views"] = views
         if adaptSeconds > 0:
             options["adapt_seconds"] = adaptSeconds
         command = self._command("denoise", input=inputFile, output=resultFile, **options)

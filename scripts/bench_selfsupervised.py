@@ -74,8 +74,8 @@ def load_selfsupervised(checkpoint: Path, device: torch.device) -> LoadedModel:
     return LoadedModel(network.to(device).eval(), device, context=context, source=str(checkpoint), blind_spot=True)
 
 
-def denoise(model: LoadedModel, image: np.ndarray) -> np.ndarray:
-    return denoise_volume(image, model, UNIT_WINDOW, float_output=True)
+def denoise(model: LoadedModel, image: np.ndarray, views: int = 1) -> np.ndarray:
+    return denoise_volume(image, model, UNIT_WINDOW, float_output=True, views=views)
 
 
 def mean_psnr(outputs: Sequence[np.ndarray], pairs: Sequence[dict]) -> float:
@@ -101,7 +101,7 @@ def noise_level_table(slices: Sequence[dict], crop: int, seed: int) -> list[dict
 
 
 def gaussian_table(
-    slices: Sequence[dict], crop: int, seed: int, selfsupervised: LoadedModel, shipped: LoadedModel
+    slices: Sequence[dict], crop: int, seed: int, selfsupervised: LoadedModel, shipped: LoadedModel, views: int = 1
 ) -> list[dict]:
     rows = []
     for spec in tqdm(GAUSSIAN_SETTINGS, desc="Gaussian settings", unit="setting"):
@@ -111,11 +111,11 @@ def gaussian_table(
             "noise": spec,
             "noisy": mean_psnr(noisy, pairs),
             "nlmeans": mean_psnr([nlmeans(image, sigma) for image in noisy], pairs),
-            "selfsupervised": mean_psnr([denoise(selfsupervised, image) for image in noisy], pairs),
-            "supervised": mean_psnr([denoise(shipped, image) for image in noisy], pairs),
+            "selfsupervised": mean_psnr([denoise(selfsupervised, image, views) for image in noisy], pairs),
+            "supervised": mean_psnr([denoise(shipped, image, views) for image in noisy], pairs),
         }
         rows.append(row)
-    print(f"\nPSNR (dB), mean over {len(slices)} test slices; NL-means is told the true sigma")
+    print(f"\nPSNR (dB), mean over {len(slices)} test slices, {views} view(s); NL-means is told the true sigma")
     header = f"{'noise':36s} {'noisy':>6s} {'NL-means':>9s} {'self-sup':>9s} {'supervised':>11s} {'ss-NLM':>7s} {'ss-sup':>7s}"
     print(header)
     for r in rows:
@@ -129,7 +129,14 @@ def gaussian_table(
 
 
 def adaptation_table(
-    slices: Sequence[dict], crop: int, seed: int, shipped: LoadedModel, noise: str, seconds: float, per_modality: int
+    slices: Sequence[dict],
+    crop: int,
+    seed: int,
+    shipped: LoadedModel,
+    noise: str,
+    seconds: float,
+    per_modality: int,
+    views: int = 1,
 ) -> list[dict]:
     chosen = []
     for modality in sorted({s["modality"] for s in slices}):
@@ -144,8 +151,8 @@ def adaptation_table(
                 "modality": pair["modality"],
                 "image": Path(pair["image_path"]).name,
                 "noisy": image_metrics(noisy, clean)["psnr"],
-                "shipped": image_metrics(denoise(shipped, noisy), clean)["psnr"],
-                "adapted": image_metrics(denoise(adapted, noisy), clean)["psnr"],
+                "shipped": image_metrics(denoise(shipped, noisy, views), clean)["psnr"],
+                "adapted": image_metrics(denoise(adapted, noisy, views), clean)["psnr"],
                 "seconds": time.monotonic() - start,
                 "steps": adapted.metadata["adaptation"]["steps"],
             }
@@ -182,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unseen-noise", default="speckle:std=0.2", help="noise for the adaptation table")
     parser.add_argument("--adapt-seconds", type=float, default=60.0, help="adaptation budget per scan (default 60)")
     parser.add_argument("--adapt-slices", type=int, default=1, help="scans adapted to per modality (default 1)")
+    parser.add_argument(
+        "--self-ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N", help="views averaged by every model"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     try:
@@ -193,10 +203,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data": args.data,
             "slices": len(slices),
             "torch_threads": torch.get_num_threads(),
+            "views": args.self_ensemble,
             "noise_level": noise_level_table(slices, args.crop, args.seed),
-            "gaussian": gaussian_table(slices, args.crop, args.seed, selfsupervised, shipped),
+            "gaussian": gaussian_table(slices, args.crop, args.seed, selfsupervised, shipped, args.self_ensemble),
             "adaptation": adaptation_table(
-                slices, args.crop, args.seed, shipped, args.unseen_noise, args.adapt_seconds, args.adapt_slices
+                slices,
+                args.crop,
+                args.seed,
+                shipped,
+                args.unseen_noise,
+                args.adapt_seconds,
+                args.adapt_slices,
+                args.self_ensemble,
             ),
         }
     except MedDenoiseError as error:

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import BASELINES, Baseline  # noqa: E402
 from scripts.data import load_slices, make_datalist, noisy_pairs  # noqa: E402
-from scripts.engine import LoadedModel, load_bundle  # noqa: E402
+from scripts.engine import LoadedModel, load_bundle, predict_self_ensemble  # noqa: E402
 from scripts.errors import ImageReadError, MedDenoiseError  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
 from scripts.noise import DEFAULT_SETTINGS, noise_sigma, parse_noise  # noqa: E402
@@ -51,8 +51,9 @@ def noisy(image: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return image
 
 
-def dae_denoiser(model: LoadedModel) -> Baseline:
-    """The bundle's network with the baselines' signature (sigma unused: the DAE is blind).
+def dae_denoiser(model: LoadedModel, views: int = 1) -> Baseline:
+    """The bundle's network with the baselines' signature (sigma unused: the DAE is blind), averaged over ``views``
+    flips/rotations (:func:`scripts.engine.predict_self_ensemble`).
 
     A 2.5D network (``2k+1`` input channels) sees the slice in every channel, as the engine does at a volume's edge:
     benchmark slices come without neighbours.
@@ -62,7 +63,7 @@ def dae_denoiser(model: LoadedModel) -> Baseline:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(model.device)
         batch = tensor.expand(1, 2 * model.context + 1, *tensor.shape)  # (1, C, H, W)
         with torch.inference_mode():
-            output = model.network(batch)[0, 0].float().cpu().numpy()
+            output = predict_self_ensemble(model.network, batch, views)[0, 0].float().cpu().numpy()
         return np.clip(output, 0.0, 1.0).astype(np.float32)
 
     return dae
@@ -131,6 +132,7 @@ def run_benchmark(
     seed: int = 0,
     crop: int | None = 512,
     figure_slices: int = 1,
+    views: int = 1,
 ) -> dict:
     """Score every method on every noise setting; write results.json, results.md and the figures; return the results.
 
@@ -144,6 +146,7 @@ def run_benchmark(
         seed: noise seed; the same seed gives the same noisy slices and so the same scores.
         crop: central crop size in pixels (None/0 = full slices); BM3D time grows with the area.
         figure_slices: slices per modality drawn as comparison figures (at every setting).
+        views: the DAE's self-ensemble size (1, 2, 4 or 8 flips/rotations averaged).
     """
     methods = parse_methods(methods)
     settings = [parse_noise(spec).spec for spec in settings]  # canonical spelling; raises on a bad spec
@@ -156,7 +159,7 @@ def run_benchmark(
     model = load_bundle(bundle) if "dae" in methods else None
     denoisers: dict[str, Baseline] = {"noisy": noisy, **BASELINES}
     if model is not None:
-        denoisers["dae"] = dae_denoiser(model)
+        denoisers["dae"] = dae_denoiser(model, views)
     slices = benchmark_slices(data, max_slices)
     drawn = figure_names(slices, figure_slices)
     out = Path(out)
@@ -204,6 +207,7 @@ def run_benchmark(
             "max_slices": max_slices,
         },
         "bundle_version": model.version if model is not None else None,
+        "dae_views": views,
         "machine": machine_info(model.device if model is not None else "cpu"),
         "per_slice": records,
     }
@@ -257,6 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same numbers)")
     parser.add_argument("--crop", type=int, default=512, help="central crop in pixels, 0 = full slices (default 512)")
     parser.add_argument("--figure-slices", type=int, default=1, help="slices per modality drawn as figures")
+    parser.add_argument(
+        "--self-ensemble",
+        type=int,
+        choices=(1, 2, 4, 8),
+        default=1,
+        metavar="N",
+        help="DAE views averaged (1, 2, 4, 8)",
+    )
     args = parser.parse_args(argv)
     try:
         results = run_benchmark(
@@ -269,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             args.crop,
             args.figure_slices,
+            args.self_ensemble,
         )
     except MedDenoiseError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -62,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torchscript", action="store_true", help="run the exported models/model.ts")
     parser.add_argument(
         "--self-ensemble",
-        action="store_true",
-        help="average over the 8 flips/rotations of each slice: 8x slower, cleaner (most with --adapt)",
+        type=int,
+        choices=(1, 2, 4, 8),
+        default=1,
+        metavar="N",
+        help="average over N flips/rotations of each slice (1, 2, 4, 8): N times slower, cleaner (default 1)",
     )
     parser.add_argument("--adapt", action="store_true", help="fine-tune on each input's own noise before denoising")
     parser.add_argument(
@@ -200,7 +203,7 @@ def denoise_file(
                 strength=args.strength,
                 float_output=args.float_output,
                 progress=progress,
-                self_ensemble=args.self_ensemble,
+                views=args.self_ensemble,
             )
     except InvalidImageError as error:  # the engine sees arrays only; name the file
         raise InvalidImageError(f"{source}: {error}") from None

@@ -81,6 +81,16 @@ def test_same_seed_same_numbers_other_seed_other_numbers(benchmark, cli_run, tmp
     assert _scores(other)[0][3] != _scores(first)[0][3]
 
 
+def test_self_ensemble_views_change_the_dae_scores_and_are_recorded(benchmark, cli_run, tmp_path):
+    _, single = cli_run
+    assert single["dae_views"] == 1
+    kwargs = {"max_slices": 1, "seed": 3, "crop": 64, "figure_slices": 0}
+    ensemble = benchmark.run_benchmark("embedded", tmp_path / "x2", SETTINGS, ["dae"], views=2, **kwargs)
+    assert ensemble["dae_views"] == 2 and "self-ensemble of 2 view(s)" in (tmp_path / "x2" / "results.md").read_text()
+    dae = [score for score in _scores(single) if score[1] == "dae"]
+    assert len(dae) == len(_scores(ensemble)) and all(a != b for a, b in zip(dae, _scores(ensemble), strict=True))
+
+
 def test_summary_rows_are_means_and_stds_of_the_slices():
     records = [
         {"noise": "n", "method": "m", "psnr": p, "ssim": s, "mse": e, "seconds": 1.0}

@@ -185,9 +185,9 @@ def test_ctrl_c_leaves_no_output(embedded, tmp_path):
 def test_self_ensemble_flag_averages_the_eight_views(denoise, mni_nifti, tmp_path):
     from scripts.engine import denoise_volume, load_bundle
 
-    assert denoise(mni_nifti, "-o", tmp_path / "ensemble.nii.gz", "--self-ensemble", "--float-output") == 0
+    assert denoise(mni_nifti, "-o", tmp_path / "ensemble.nii.gz", "--self-ensemble", 8, "--float-output") == 0
     written = read_image(tmp_path / "ensemble.nii.gz").array
     volume = read_image(mni_nifti).array
-    expected = denoise_volume(volume, load_bundle(device="cpu"), float_output=True, self_ensemble=True)
+    expected = denoise_volume(volume, load_bundle(device="cpu"), float_output=True, views=8)
     np.testing.assert_allclose(written, expected, atol=1e-3)
     assert not np.allclose(written, denoise_volume(volume, load_bundle(device="cpu"), float_output=True), atol=1e-2)

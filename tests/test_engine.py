@@ -235,6 +235,11 @@ def test_self_ensemble_is_rotation_equivariant_and_denoises_better(model, mni):
 
     target = window.forward(clean)[:, None]
     plain = denoise_volume(noisy, model, window=IntensityWindow(0.0, 1.0), float_output=True)
-    averaged = denoise_volume(noisy, model, window=IntensityWindow(0.0, 1.0), float_output=True, self_ensemble=True)
+    averaged = denoise_volume(noisy, model, window=IntensityWindow(0.0, 1.0), float_output=True, views=8)
     psnr = {name: image_metrics(out[:, None], target)["psnr"] for name, out in [("plain", plain), ("avg", averaged)]}
     assert psnr["avg"] > psnr["plain"] > image_metrics(noisy[:, None], target)["psnr"], psnr
+    two = denoise_volume(noisy, model, window=IntensityWindow(0.0, 1.0), float_output=True, views=2)
+    mirrored_two = denoise_volume(noisy[..., ::-1].copy(), model, window=IntensityWindow(0.0, 1.0), views=2)
+    np.testing.assert_allclose(mirrored_two[..., ::-1], two, atol=1e-5)
+    with pytest.raises(InvalidImageError, match="views must be 1, 2, 4 or 8"):
+        denoise_volume(noisy, model, views=3)

@@ -167,6 +167,20 @@ def test_worker_adds_noise_and_denoises_with_metrics(mni_file, tmp_path, capsys)
     assert not np.array_equal(result, noisy_array)
 
 
+def test_worker_passes_the_self_ensemble_size_to_the_engine(mni_file, tmp_path, capsys):
+    from scripts.engine import denoise_volume, load_bundle
+
+    denoised = tmp_path / "best.nrrd"
+    code = worker.main(["--engine", str(BUNDLE), "denoise", "--input", str(mni_file), "--output", str(denoised),
+                        "--device", "cpu", "--views", "8", "--float-output"])  # fmt: skip
+    assert code == 0 and events(capsys.readouterr().out)[-1]["event"] == "done"
+    volume, _ = read_volume_file(mni_file)
+    expected = denoise_volume(volume, load_bundle(None, "cpu"), float_output=True, views=8)
+    np.testing.assert_allclose(read_volume_file(denoised)[0], expected, atol=1e-3)
+    command = worker_command("python", BUNDLE, "denoise", input="a.nrrd", views=2)
+    assert command[-2:] == ["--views", "2"]
+
+
 def test_worker_reports_user_errors_as_error_events(mni_file, tmp_path, capsys):
     out = tmp_path / "out.nrrd"
     code = worker.main(["--engine", str(BUNDLE), "denoise", "--input", str(mni_file), "--output", str(out),

@@ -100,6 +100,7 @@ def test_invalid_requests_leave_the_scene_unchanged(module, scene, ct_volume, tm
         "no-such-bundle": {"inputVolume": node, "model": tmp_path / "no-such-bundle"},
         "device 'gpu'": {"inputVolume": node, "device": "gpu"},
         "strength 2": {"inputVolume": node, "strength": 2},
+        "views 3": {"inputVolume": node, "views": 3},
     }
     for message, request in requests.items():
         with pytest.raises(module.ModuleError, match=message):
@@ -139,7 +140,8 @@ def test_parameter_node_defaults_and_metrics_text(module, scene):
         "auto",
         False,
     )
-    assert params.outputVolume is None and not params.allowInputOverwrite
+    assert params.outputVolume is None and not params.allowInputOverwrite and params.quality == module.Quality.FAST
+    assert [quality.value for quality in module.Quality] == [1, 2, 8], "self-ensemble sizes the engine accepts"
     with pytest.raises(ValueError):
         params.strength = 1.5
     result = module.RunResult(None, 1.0, {"before": {"psnr": 20.0, "ssim": 0.5}, "after": {"psnr": 25.5, "ssim": 0.75}})

@@ -5,7 +5,8 @@ viewer stays responsive and Cancel can kill this process without harming Slicer.
 to stdout as one JSON object per line after the prefix ``MEDDENOISE `` (see :mod:`MedDenoiseLib.job`).
 
     python worker.py --engine BUNDLE denoise --input in.nrrd --output out.nrrd [--model BUNDLE_OR_ZIP] [--device cpu]
-        [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size 8] [--float-output] [--adapt-seconds 60]
+        [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size 8] [--float-output] [--views 1]
+        [--adapt-seconds 60]
     python worker.py --engine BUNDLE add-noise --input in.nrrd --output noisy.nrrd --noise gaussian:factor=0.1 --seed 0
 
 Exit status: 0 done, 1 a problem reported in an ``error`` event (bad input, bad model), anything else a crash.
@@ -26,6 +27,7 @@ ENGINE_OPTIONS: dict[str, dict] = {
     "strength": {"type": float, "default": 1.0, "help": "0 = original .. 1 = fully denoised"},
     "batch_size": {"type": int, "default": 8, "help": "slices per forward pass"},
     "float_output": {"action": "store_true", "help": "write float32 instead of the input's dtype"},
+    "views": {"type": int, "default": 1, "choices": (1, 2, 4, 8), "help": "self-ensemble: flips/rotations averaged"},
 }
 
 

@@ -242,19 +242,29 @@ def check_volume(volume: Any, axis: int = 0) -> np.ndarray:
     return volume
 
 
-def predict_self_ensemble(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """The mean of ``network``'s outputs over the 8 flips and 90-degree rotations of ``batch`` (B, C, H, W), each
-    mapped back (the self-ensemble of Timofte et al. 2016 and Lim et al. 2017). A fixed, exhaustive set, unlike
-    MONAI's random ``TestTimeAugmentation``, so the result is deterministic. Returns (B, out_channels, H, W)."""
+#: Views of the self-ensemble as (quarter turns, mirror), in the order used: the first 2, 4 or all 8.
+ENSEMBLE_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+
+
+def predict_self_ensemble(network: torch.nn.Module, batch: torch.Tensor, views: int = 8) -> torch.Tensor:
+    """The mean of ``network``'s outputs over ``views`` (1, 2, 4 or 8) flips and 90-degree rotations of ``batch``
+    (B, C, H, W), each mapped back: the self-ensemble of Timofte et al. (2016). 2 = identity and left-right mirror;
+    4 adds the up-down mirror and the half turn; 8 adds the quarter turns. A fixed set, unlike MONAI's random
+    ``TestTimeAugmentation``, so the result is deterministic. Returns (B, out_channels, H, W)."""
+    _check_views(views)
     total = torch.zeros(())
-    for quarter_turns in range(4):
-        for mirror in (False, True):
-            view = torch.rot90(batch, quarter_turns, dims=(-2, -1))
-            view = view.flip(-1) if mirror else view
-            out = network(view.contiguous(memory_format=torch.channels_last))
-            out = out.flip(-1) if mirror else out
-            total = total + torch.rot90(out, -quarter_turns, dims=(-2, -1))
-    return total / 8
+    for quarter_turns, mirror in ENSEMBLE_VIEWS[:views]:
+        view = torch.rot90(batch, quarter_turns, dims=(-2, -1))
+        view = view.flip(-1) if mirror else view
+        out = network(view.contiguous(memory_format=torch.channels_last))
+        out = out.flip(-1) if mirror else out
+        total = total + torch.rot90(out, -quarter_turns, dims=(-2, -1))
+    return total / views
+
+
+def _check_views(views: int) -> None:
+    if views not in (1, 2, 4, 8):
+        raise InvalidImageError(f"self-ensemble views must be 1, 2, 4 or 8, not {views}")
 
 
 def denoise_volume(
@@ -266,7 +276,7 @@ def denoise_volume(
     strength: float = 1.0,
     float_output: bool = False,
     progress: ProgressCallback | None = None,
-    self_ensemble: bool = False,
+    views: int = 1,
 ) -> np.ndarray:
     """Denoise a K x J x I volume (or a J x I image) slice by slice along ``axis``.
 
@@ -283,13 +293,14 @@ def denoise_volume(
             input keeps its float dtype.
         progress: ``progress(done, total)`` after each batch; returning ``False`` cancels (raises
             :class:`CancelledError`, nothing is returned).
-        self_ensemble: average the network's output over the 8 flips and 90-degree rotations of each slice
-            (:func:`predict_self_ensemble`): 8x the time for a cleaner result, most of all from blind-spot models.
+        views: average the network's output over this many flips/rotations of each slice (1, 2, 4 or 8,
+            :func:`predict_self_ensemble`): ``views`` times the time for a cleaner result.
 
     Returns:
         An array of the input's shape, in the input's units.
     """
     volume = check_volume(volume, axis)
+    _check_views(views)
     if not 0.0 <= strength <= 1.0:
         raise InvalidImageError(f"strength {strength} must be between 0 (original) and 1 (fully denoised)")
     if batch_size is not None and batch_size < 1:
@@ -309,7 +320,7 @@ def denoise_volume(
             neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
             scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            pred = predict_self_ensemble(model.network, batch) if self_ensemble else model.network(batch)
+            pred = predict_self_ensemble(model.network, batch, views)
             pred = pred.float().cpu().numpy()[:, 0]
             correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
             shares = np.ones(len(indices), dtype=np.float32)
