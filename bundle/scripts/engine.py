@@ -252,14 +252,16 @@ def predict_self_ensemble(network: torch.nn.Module, batch: torch.Tensor, views: 
     4 adds the up-down mirror and the half turn; 8 adds the quarter turns. A fixed set, unlike MONAI's random
     ``TestTimeAugmentation``, so the result is deterministic. Returns (B, out_channels, H, W)."""
     _check_views(views)
-    total = torch.zeros(())
+    if views == 1:
+        return network(batch)
+    outputs = []
     for quarter_turns, mirror in ENSEMBLE_VIEWS[:views]:
         view = torch.rot90(batch, quarter_turns, dims=(-2, -1))
         view = view.flip(-1) if mirror else view
         out = network(view.contiguous(memory_format=torch.channels_last))
         out = out.flip(-1) if mirror else out
-        total = total + torch.rot90(out, -quarter_turns, dims=(-2, -1))
-    return total / views
+        outputs.append(torch.rot90(out, -quarter_turns, dims=(-2, -1)))
+    return torch.stack(outputs).mean(dim=0)
 
 
 def _check_views(views: int) -> None:
@@ -320,8 +322,7 @@ def denoise_volume(
             neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
             scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            pred = predict_self_ensemble(model.network, batch, views)
-            pred = pred.float().cpu().numpy()[:, 0]
+            pred = predict_self_ensemble(model.network, batch, views).float().cpu().numpy()[:, 0]
             correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
             shares = np.ones(len(indices), dtype=np.float32)
             if model.blind_spot:
