@@ -33,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import bm3d  # noqa: E402
 from scripts.data import embedded_datalist  # noqa: E402
-from scripts.engine import denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, denoise_volume, load_bundle  # noqa: E402
 from scripts.image_io import read_image  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per comparison (best is kept)")
     parser.add_argument(
-        "--self-ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N", help="also time N views per slice"
+        "--self-ensemble", type=int, choices=ENSEMBLE_SIZES, default=1, metavar="N", help="also time N views per slice"
     )
     args = parser.parse_args(argv)
     if args.threads:

@@ -36,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import nlmeans  # noqa: E402
 from scripts.data import noisy_pairs  # noqa: E402
-from scripts.engine import LoadedModel, build_network, denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, LoadedModel, build_network, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import BundleError, MedDenoiseError  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
@@ -190,7 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapt-seconds", type=float, default=60.0, help="adaptation budget per scan (default 60)")
     parser.add_argument("--adapt-slices", type=int, default=1, help="scans adapted to per modality (default 1)")
     parser.add_argument(
-        "--self-ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N", help="views averaged by every model"
+        "--self-ensemble",
+        type=int,
+        choices=ENSEMBLE_SIZES,
+        default=1,
+        metavar="N",
+        help="views averaged by every model",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import BASELINES, Baseline  # noqa: E402
 from scripts.data import load_slices, make_datalist, noisy_pairs  # noqa: E402
-from scripts.engine import LoadedModel, load_bundle, predict_self_ensemble  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, LoadedModel, load_bundle, predict_self_ensemble  # noqa: E402
 from scripts.errors import ImageReadError, MedDenoiseError  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
 from scripts.noise import DEFAULT_SETTINGS, noise_sigma, parse_noise  # noqa: E402
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--self-ensemble",
         type=int,
-        choices=(1, 2, 4, 8),
+        choices=ENSEMBLE_SIZES,
         default=1,
         metavar="N",
         help="DAE views averaged (1, 2, 4, 8)",

@@ -26,7 +26,7 @@ sys.path.insert(0, str(BUNDLE))
 
 from tqdm import tqdm  # noqa: E402
 
-from scripts.engine import check_volume, denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, check_volume, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
 from scripts.image_io import WRITE_EXTENSIONS, extension, read_image, stem, write_image  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--self-ensemble",
         type=int,
-        choices=(1, 2, 4, 8),
+        choices=ENSEMBLE_SIZES,
         default=1,
         metavar="N",
         help="average over N flips/rotations of each slice (1, 2, 4, 8): N times slower, cleaner (default 1)",

@@ -179,6 +179,11 @@ def test_worker_passes_the_self_ensemble_size_to_the_engine(mni_file, tmp_path, 
     np.testing.assert_allclose(read_volume_file(denoised)[0], expected, atol=1e-3)
     command = worker_command("python", BUNDLE, "denoise", input="a.nrrd", views=2)
     assert command[-2:] == ["--views", "2"]
+    code = worker.main(["--engine", str(BUNDLE), "denoise", "--input", str(mni_file), "--output",
+                        str(tmp_path / "bad.nrrd"), "--views", "3"])  # fmt: skip
+    error = events(capsys.readouterr().out)[-1]
+    assert code == 1 and "views must be one of (1, 2, 4, 8)" in error["message"]  # the engine's check, one place
+    assert not (tmp_path / "bad.nrrd").exists()
 
 
 def test_worker_reports_user_errors_as_error_events(mni_file, tmp_path, capsys):

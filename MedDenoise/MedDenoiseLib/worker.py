@@ -27,7 +27,7 @@ ENGINE_OPTIONS: dict[str, dict] = {
     "strength": {"type": float, "default": 1.0, "help": "0 = original .. 1 = fully denoised"},
     "batch_size": {"type": int, "default": 8, "help": "slices per forward pass"},
     "float_output": {"action": "store_true", "help": "write float32 instead of the input's dtype"},
-    "views": {"type": int, "default": 1, "choices": (1, 2, 4, 8), "help": "self-ensemble: flips/rotations averaged"},
+    "views": {"type": int, "default": 1, "help": "self-ensemble: flips/rotations averaged (1, 2, 4 or 8)"},
 }
 
 
