@@ -10,7 +10,8 @@ With one input, OUTPUT is a file (its extension picks the format) or a folder; w
 each output keeps its input's base name (DICOM files and series folders become ``.nii.gz``, other pictures ``.png``).
 The summary line reports each input's estimated noise level. ``--adapt`` first fine-tunes a copy of the model on each
 noisy input itself (self-supervised, blind-spot objective) for ``--adapt-seconds``, for noise the model was not
-trained on.
+trained on, and says whether it found the noise correlated over pixels (then it hides blocks of pixels, not single
+ones).
 """
 
 from __future__ import annotations
@@ -218,7 +219,14 @@ def adapt_file(array, name: str, model, window: IntensityWindow, args: argparse.
         def progress(done_ms: int, _total_ms: int) -> None:
             bar.update(round(done_ms / 1000) - bar.n)
 
-        return adapt_model(model, array, window, seconds=args.adapt_seconds, progress=progress, axis=args.axis)
+        adapted = adapt_model(model, array, window, seconds=args.adapt_seconds, progress=progress, axis=args.axis)
+    record = adapted.metadata["adaptation"]
+    side = 2 * record["span"] + 1
+    kind = "correlated over pixels" if record["span"] else "independent from pixel to pixel"
+    tqdm.write(
+        f"{name}: noise {kind}; adapted for {record['seconds']:.0f} s ({record['steps']} steps, {side}x{side} blind spot)"
+    )
+    return adapted
 
 
 if __name__ == "__main__":

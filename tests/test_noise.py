@@ -76,6 +76,29 @@ def test_speckle_is_multiplicative():
     assert np.all(noised("speckle:std=0.5", np.zeros((32, 32), np.float32)) == 0), "black stays black"
 
 
+@pytest.mark.parametrize("width", [1.0, 2.0])
+def test_correlated_noise_keeps_its_sigma_and_has_a_gaussian_autocorrelation(width):
+    out = noised(f"correlated:std=0.1,width={width}") - 0.5
+    assert abs(out.mean()) < 0.01 and abs(out.std() - 0.1) < 0.005
+    for lag in (1, 2):
+        measured = np.mean(
+            [
+                np.corrcoef(out[:, :-lag].ravel(), out[:, lag:].ravel())[0, 1],
+                np.corrcoef(out[:-lag].ravel(), out[lag:].ravel())[0, 1],
+            ]
+        )
+        # White noise blurred by a Gaussian of width w: correlation exp(-d^2 / (4 w^2)) at distance d (w >= 1 px).
+        assert measured == pytest.approx(np.exp(-(lag**2) / (4 * width**2)), abs=0.04)
+    white = noised("correlated:std=0.1,width=0") - 0.5
+    assert abs(np.corrcoef(white[:, :-1].ravel(), white[:, 1:].ravel())[0, 1]) < 0.02
+
+
+def test_correlated_noise_is_correlated_in_plane_only():
+    volume = np.full((4, 128, 128), 0.5, dtype=np.float32)
+    out = noised("correlated:std=0.1,width=1", volume) - 0.5
+    assert abs(np.corrcoef(out[:-1].ravel(), out[1:].ravel())[0, 1]) < 0.05, "slices stay independent"
+
+
 def test_mask_zeroes_the_requested_fraction():
     out = noised("mask:p=0.3", GREY)
     assert abs((out == 0).mean() - 0.3) < 0.01
@@ -93,6 +116,7 @@ def test_clipping_is_on_by_default_and_switchable():
     [
         *DEFAULT_SETTINGS,
         "speckle:std=0.2",
+        "correlated:std=0.1,width=1",
         "mask:p=0.3",
         "mix:gaussian:factor=0..0.5,mean=0,std=1|photon:peak=50..1000",
     ],
@@ -107,6 +131,7 @@ def test_seeded_runs_repeat_and_differ_between_seeds(spec):
     [
         *DEFAULT_SETTINGS,
         "speckle:std=0.2",
+        "correlated:std=0.1,width=1..2",
         "mask:p=0.3",
         "gaussian:factor=0.1,mean=0,std=1,clip=0",
         "mix:gaussian:factor=0..0.5,mean=0,std=1|rician:std=0.01..0.1",
@@ -188,8 +213,9 @@ def test_true_sigma_for_baselines():
     assert noise_sigma("gaussian:factor=0.1,mean=1,std=2") == pytest.approx(0.2)
     assert noise_sigma("poisson:factor=0.2,lam=5") == pytest.approx(0.2 * np.sqrt(5))
     assert noise_sigma("photon:peak=200") == pytest.approx(np.sqrt(0.5 / 200))
+    assert noise_sigma("correlated:std=0.1,width=2") == pytest.approx(0.1)
     assert noise_sigma("gaussian:factor=0..0.5") is None
 
 
 def test_registry_lists_every_model():
-    assert set(NoiseModel.REGISTRY) == {"gaussian", "poisson", "rician", "photon", "speckle", "mask"}
+    assert set(NoiseModel.REGISTRY) == {"gaussian", "poisson", "rician", "photon", "speckle", "correlated", "mask"}

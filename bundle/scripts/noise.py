@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, RandRicianNoise
+from scipy import ndimage
 
 from .errors import NoiseSpecError
 
@@ -200,6 +201,33 @@ class SpeckleNoise(NoiseModel):
         return image * (1.0 + self.R.normal(0.0, self.drawn["std"], size=image.shape))
 
 
+class CorrelatedNoise(NoiseModel):
+    """Spatially correlated Gaussian noise ``x + std * (G_width * N(0, 1)) / ||G_width||``, as a CT reconstruction
+    kernel or MR k-space filtering leaves it: white noise blurred in-plane (the last two axes) by a Gaussian of
+    ``width`` pixels, rescaled so each pixel's standard deviation is still ``std``. ``width=0`` is white noise."""
+
+    NAME = "correlated"
+    LEVELS = {"std": 0.1, "width": 1.0}
+
+    def _check_level(self, name: str, value: float) -> None:
+        super()._check_level(name, value)
+        if value < 0:
+            raise NoiseSpecError(f"noise 'correlated': {name}={value} must be >= 0")
+
+    def corrupt(self, image: np.ndarray) -> np.ndarray:
+        std, width = self.drawn["std"], self.drawn["width"]
+        white = self.R.normal(0.0, 1.0, size=image.shape)
+        if width == 0:
+            return image + std * white
+        axes = tuple(range(image.ndim))[-2:]
+        blurred = ndimage.gaussian_filter(white, sigma=width, axes=axes, mode="wrap")
+        # Blurring unit white noise leaves a standard deviation of sum(k^2) for a separable 2D kernel k (x) k.
+        impulse = np.zeros(2 * int(np.ceil(4 * width)) + 1)
+        impulse[len(impulse) // 2] = 1.0
+        kernel = ndimage.gaussian_filter1d(impulse, width, mode="constant")
+        return image + std * blurred / np.sum(kernel**2)
+
+
 class MaskNoise(NoiseModel):
     """Masking corruption of the classic DAE: each pixel is set to 0 with probability ``p``."""
 
@@ -270,7 +298,7 @@ def parse_noise(spec: str | Noise) -> Noise:
     """Build a noise model from its spec string (a model passes through unchanged).
 
     ``gaussian:factor=0.1,mean=0,std=1``, ``poisson:factor=0.2,lam=5``, ``rician:std=0.05``, ``photon:peak=200``,
-    ``speckle:std=0.2``, ``mask:p=0.3``; ``clip=0`` turns clipping off; ``mix:SPEC|SPEC`` mixes.
+    ``speckle:std=0.2``, ``correlated:std=0.1,width=1``, ``mask:p=0.3``; ``clip=0`` turns clipping off; ``mix:SPEC|SPEC`` mixes.
     """
     if isinstance(spec, NoiseModel | NoiseMixture):
         return spec
@@ -334,6 +362,7 @@ def noise_sigma(spec: str | Noise) -> float | None:
         "rician": lambda: levels["std"],
         "photon": lambda: np.sqrt(0.5 / levels["peak"]),
         "speckle": lambda: 0.5 * levels["std"],
+        "correlated": lambda: levels["std"],
         "mask": lambda: 0.5 * np.sqrt(levels["p"] * (1 - levels["p"])),
     }
     return float(sigmas[model.NAME]())

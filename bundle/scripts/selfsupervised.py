@@ -6,7 +6,7 @@ independent from pixel to pixel and a hidden pixel's own value is nowhere in the
 clean value, so noisy images are enough to learn from.
 
 - :class:`BlindSpotMask` / :class:`BlindSpotMaskd`: the masking, a MONAI randomizable transform and its dict version.
-- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels.
+- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels (optionally away from the clipping bounds).
 - :func:`noisy_only`: a training set with noise applied once at load time and the clean images dropped.
 - :func:`adapt_model`: fine-tune a copy of a loaded model on one user's noisy volume for a bounded time.
 """
@@ -23,50 +23,71 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
+from scipy import ndimage
 from torch import nn
 
 from .data import center_crop
-from .engine import LoadedModel, ProgressCallback, check_volume
+from .engine import LoadedModel, ProgressCallback, check_volume, denoise_volume
 from .errors import CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .noise import parse_noise
+from .noise_level import estimate_noise_level, residual_correlation
 
 #: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
 _SOURCE_DRAWS = 32
+#: Residual correlation between neighbouring pixels above which :func:`adapt_model` treats the noise as correlated.
+CORRELATED_RESIDUAL = 0.2
+#: Blind-spot span for correlated noise: blurred noise of width 1 px is correlated 0.02 four pixels away.
+CORRELATED_SPAN = 3
 
 
 class BlindSpotMask(RandomizableTransform):
     """Hide a random ``ratio`` of the pixels of one channel, each replaced by a random neighbour that is not hidden.
 
     Neighbours are drawn uniformly from the ``(2 radius + 1)^2`` window around the pixel, excluding the pixel itself
-    and other hidden pixels, so no hidden pixel's own value appears anywhere in the output. The drawn positions are
-    kept after each call (``rows, cols`` hidden, ``source_rows, source_cols`` their replacements).
+    and other hidden pixels, so no hidden pixel's own value appears anywhere in the output. With ``span > 0`` the
+    whole ``(2 span + 1)^2`` block around each drawn pixel is hidden the same way (structured blind spot, for noise
+    correlated over a few pixels: structN2V, Broaddus 2020), and only the drawn centres are learnt from. The drawn
+    positions are kept after each call: ``rows, cols`` hidden, ``source_rows, source_cols`` their replacements,
+    ``target_rows, target_cols`` the pixels the loss sees.
 
     Args:
-        ratio: fraction of pixels hidden (a few %).
-        radius: neighbourhood radius in pixels (>= 1).
+        ratio: fraction of pixels drawn (a few %; with a span, each hides a block, so fewer).
+        radius: neighbourhood radius in pixels (> ``span``).
         channel: the channel to hide pixels in (the denoised one); default the centre channel, as for 2.5D input.
+        span: half-width of the hidden block around each drawn pixel (0: the pixel alone, Noise2Void).
 
     Input ``(C, H, W)`` NumPy array or tensor; returns ``(masked image of the same type and shape, mask (1, H, W)
-    float32 with 1 at hidden pixels)``. A tensor input keeps its autograd graph.
+    float32 with 1 at the target pixels)``. A tensor input keeps its autograd graph.
     """
 
-    def __init__(self, ratio: float = 0.03, radius: int = 2, channel: int | None = None) -> None:
+    def __init__(self, ratio: float = 0.03, radius: int = 2, channel: int | None = None, span: int = 0) -> None:
         RandomizableTransform.__init__(self, prob=1.0)
         if not 0 < ratio <= 0.5:
             raise ValueError(f"blind-spot ratio {ratio} must be in (0, 0.5]: a few % of the pixels")
         if radius < 1:
             raise ValueError(f"blind-spot radius {radius} must be at least 1 pixel")
-        self.ratio, self.radius, self.channel = ratio, radius, channel
-        self.rows = self.cols = self.source_rows = self.source_cols = np.zeros(0, dtype=np.int64)
+        if not 0 <= span < radius:
+            raise ValueError(f"blind-spot span {span} must be in [0, radius {radius}): sources lie outside the block")
+        self.ratio, self.radius, self.channel, self.span = ratio, radius, channel, span
+        empty = np.zeros(0, dtype=np.int64)
+        self.rows = self.cols = self.source_rows = self.source_cols = self.target_rows = self.target_cols = empty
 
     def randomize(self, data: tuple[int, int]) -> None:
         """Draw the hidden pixels and their sources for an image of ``data = (H, W)`` pixels."""
         height, width = data
         count = max(1, round(self.ratio * height * width))
-        flat = self.R.choice(height * width, size=min(count, height * width - 1), replace=False)
-        hidden = np.zeros(height * width, dtype=bool)
-        hidden[flat] = True
+        centres = self.R.choice(height * width, size=min(count, height * width - 1), replace=False)
+        hidden = np.zeros((height, width), dtype=bool)
+        hidden.flat[centres] = True
+        block = np.ones((2 * self.span + 1,) * 2, dtype=bool)
+        if self.span:
+            grown = ndimage.binary_dilation(hidden, block)
+            flat = np.concatenate([centres, np.flatnonzero(grown & ~hidden)])
+            hidden = grown
+        else:
+            flat = centres
+        hidden = hidden.ravel()
         rows, cols = np.divmod(flat, width)
         source_rows, source_cols = rows.copy(), cols.copy()
         pending = np.ones(len(flat), dtype=bool)
@@ -81,9 +102,15 @@ class BlindSpotMask(RandomizableTransform):
             ok[inside] = ~hidden[r[inside] * width + c[inside]]  # excludes the pixel itself: it is hidden too
             source_rows[index[ok]], source_cols[index[ok]] = r[ok], c[ok]
             pending[index[ok]] = False
-        found = ~pending  # a pixel whose neighbours are all hidden stays visible and out of the loss
+        found = ~pending  # a pixel whose neighbours are all hidden stays visible, and its block out of the loss
         self.rows, self.cols = rows[found], cols[found]
         self.source_rows, self.source_cols = source_rows[found], source_cols[found]
+        visible = np.zeros((height, width), dtype=bool)
+        visible.flat[flat[pending]] = True
+        if self.span:
+            visible = ndimage.binary_dilation(visible, block)
+        targets = centres[~visible.flat[centres]]
+        self.target_rows, self.target_cols = np.divmod(targets, width)
 
     def __call__(self, img: np.ndarray | torch.Tensor, randomize: bool = True):
         height, width = img.shape[-2:]
@@ -95,7 +122,7 @@ class BlindSpotMask(RandomizableTransform):
         masked = img.clone() if isinstance(img, torch.Tensor) else np.array(img, copy=True)
         masked[channel, self.rows, self.cols] = img[channel, self.source_rows, self.source_cols]
         mask = np.zeros((1, height, width), dtype=np.float32)
-        mask[0, self.rows, self.cols] = 1.0
+        mask[0, self.target_rows, self.target_cols] = 1.0
         if isinstance(img, torch.Tensor):
             return masked, torch.as_tensor(mask, device=img.device)
         return masked, mask
@@ -113,12 +140,13 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
         ratio: float = 0.03,
         radius: int = 2,
         channel: int | None = None,
+        span: int = 0,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
         self.target_key = target_key
-        self.mask = BlindSpotMask(ratio, radius, channel)
+        self.mask = BlindSpotMask(ratio, radius, channel, span)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> BlindSpotMaskd:
         super().set_random_state(seed, state)
@@ -140,14 +168,29 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
 
 
 class BlindSpotLoss(nn.Module):
-    """Mean squared error over the hidden pixels only.
+    """Mean squared error over the hidden pixels only, optionally away from the clipping bounds.
 
     ``forward(pred (B, 1, H, W), target (B, 2, H, W))``: ``target[:, 0]`` is the original noisy image, ``target[:, 1]``
     the mask from :class:`BlindSpotMaskd`. A batch without hidden pixels gives 0 (with a gradient of 0).
+
+    Args:
+        margin: also leave out pixels whose prediction lies within ``margin`` of 0 or 1. Noise clipped to [0, 1] is
+            not zero-mean there (a bright pixel's noisy values average below its clean value), so learning from them
+            darkens bright and lightens dark regions; about two noise sigmas removes the bias. The choice looks at
+            the prediction, which never sees the pixel's own noise, so it does not bias the pixels that stay in.
     """
+
+    def __init__(self, margin: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= margin < 0.5:
+            raise ValueError(f"blind-spot loss margin {margin} must be in [0, 0.5): a fraction of the [0, 1] range")
+        self.margin = margin
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         noisy, mask = target[:, :1], target[:, 1:2]
+        if self.margin:
+            level = pred.detach()
+            mask = mask * ((level > self.margin) & (level < 1.0 - self.margin))
         return (mask * (pred - noisy) ** 2).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -182,41 +225,60 @@ def adapt_model(
     patch_size: int = 64,
     batch_size: int = 8,
     learning_rate: float = 1e-4,
-    ratio: float = 0.03,
+    span: int | None = None,
+    ratio: float | None = None,
+    margin: float | None = None,
     max_steps: int | None = None,
     seed: int = 0,
 ) -> LoadedModel:
     """Fine-tune a copy of ``model`` on one noisy volume with the blind-spot objective for ``seconds``; then denoise
     the volume with the returned model (:func:`scripts.engine.denoise_volume`, same ``window`` and ``axis``).
 
+    The blind spot fits the scan's noise: if the model's residual on a few slices is correlated between neighbouring
+    pixels (:func:`scripts.noise_level.residual_correlation` above :data:`CORRELATED_RESIDUAL`), the noise is
+    correlated over pixels and whole blocks are hidden (``span`` :data:`CORRELATED_SPAN`); otherwise single pixels.
+
     Args:
         model: from :func:`scripts.engine.load_bundle`; never modified.
         volume: K x J x I (or J x I) in native units; never modified.
         window: native units -> [0, 1]; default :meth:`IntensityWindow.from_data`, as the engine uses.
-        seconds: time budget; training stops after the step that crosses it.
+        seconds: time budget, from the call to the end of the step that crosses it.
         progress: ``progress(elapsed_ms, total_ms)`` after each step; returning ``False`` cancels (raises
             :class:`CancelledError`).
         axis: slicing axis, as for denoising.
         patch_size: side of the random training patches (smaller slices are used whole).
         batch_size: patches per step.
         learning_rate: Adam's step size; small, so the shipped model is adapted rather than retrained.
-        ratio: fraction of hidden pixels per patch.
+        span: half-width of the hidden block around each learnt pixel (:class:`BlindSpotMask`); default: chosen from
+            the residual's correlation as above.
+        ratio: fraction of learnt pixels per patch; default 3 % for single pixels, with a span as many blocks as
+            cover about a fifth of the patch.
+        margin: :class:`BlindSpotLoss` leaves out pixels this close to 0 or 1, where clipped noise is biased;
+            default twice the scan's estimated noise sigma (:func:`scripts.noise_level.estimate_noise_level`).
         max_steps: also stop after this many steps (reproducible work regardless of machine load).
 
     Returns:
-        A new :class:`LoadedModel` in eval mode, marked ``blind_spot``, whose ``metadata["adaptation"]`` records steps,
-        seconds, the last losses and the slowest step.
+        A new :class:`LoadedModel` in eval mode whose ``metadata["adaptation"]`` records steps, seconds, the last
+        losses, the slowest step, the residual correlation, span and margin.
     """
+    start = time.monotonic()
     volume = check_volume(volume, axis)
     if not seconds > 0:
         raise InvalidImageError(f"the adaptation time must be positive, got {seconds} seconds")
     window = window or IntensityWindow.from_data(volume)
     stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
+    correlation = _residual_correlation(model, stack, window)
+    if span is None:
+        span = CORRELATED_SPAN if correlation > CORRELATED_RESIDUAL else 0
+    if ratio is None:
+        ratio = 0.03 if span == 0 else 0.2 / (2 * span + 1) ** 2
+    if margin is None:
+        margin = min(0.25, 2 * estimate_noise_level(volume, window, axis).sigma_scaled)
     _, height, width = stack.shape
     patch_h, patch_w = min(patch_size, height), min(patch_size, width)
     offsets = np.arange(-model.context, model.context + 1)
     rng = np.random.RandomState(seed)
-    masking = BlindSpotMaskd("image", ratio=ratio).set_random_state(state=rng)
+    masking = BlindSpotMaskd("image", ratio=ratio, radius=span + 2, span=span).set_random_state(state=rng)
     network = copy.deepcopy(model.network).to(model.device).train()
     for module in network.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -224,9 +286,9 @@ def adapt_model(
             # within a few steps and cost several dB (measured on speckle noise, docs/experiments.md).
             module.eval()
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
-    loss_function = BlindSpotLoss()
+    loss_function = BlindSpotLoss(margin)
     losses, slowest, steps = [], 0.0, 0
-    start, elapsed = time.monotonic(), 0.0
+    elapsed = time.monotonic() - start
     while steps == 0 or (elapsed < seconds and steps != max_steps):  # at least one step, then until the budget
         step_start = time.monotonic()
         batch = [
@@ -244,9 +306,33 @@ def adapt_model(
         elapsed = time.monotonic() - start
         if progress is not None and progress(int(min(elapsed, seconds) * 1000), int(seconds * 1000)) is False:
             raise CancelledError(f"adaptation cancelled after {elapsed:.1f} s ({steps} steps); the model is unchanged")
-    record = {"steps": steps, "seconds": elapsed, "loss": float(np.mean(losses[-10:])), "slowest_step": slowest}
-    adapted = {**model.metadata, "adaptation": record}
-    return dataclasses.replace(model, network=network.eval(), metadata=adapted, blind_spot=True)
+    record = {
+        "steps": steps,
+        "seconds": elapsed,
+        "loss": float(np.mean(losses[-10:])),
+        "slowest_step": slowest,
+        "residual_correlation": correlation,
+        "span": span,
+        "margin": margin,
+    }
+    # The adapted network still sees each pixel's own value when it denoises (it began as the given model), so the
+    # engine's blind-spot blend, made for networks that never see it, stays as the given model had it.
+    return dataclasses.replace(model, network=network.eval(), metadata={**model.metadata, "adaptation": record})
+
+
+def _residual_correlation(model: LoadedModel, stack: np.ndarray, window: IntensityWindow, samples: int = 4) -> float:
+    """Median :func:`scripts.noise_level.residual_correlation` of ``model`` on up to ``samples`` evenly spaced slices
+    of ``stack`` (K x J x I, native units), each denoised with its real neighbours."""
+    depth = stack.shape[0]
+    values = []
+    for index in np.unique(np.linspace(0, depth - 1, min(samples, depth)).round().astype(int)):
+        first = max(0, index - model.context)
+        around = stack[first : index + model.context + 1]
+        denoised = denoise_volume(around, model, window, float_output=True)
+        values.append(
+            residual_correlation(window.forward(around[index - first]), window.forward(denoised[index - first]))
+        )
+    return float(np.median(values))
 
 
 def _random_patch(
