@@ -162,8 +162,9 @@ def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path):
 def test_noisy_only_drops_the_clean_image(noisy_ct):
     clean, _ = noisy_ct
     [item] = noisy_only([{"label": clean[None], "group": "g"}], "gaussian:factor=0.1", seed=0)
-    assert set(item) == {"image", "group", "noise"}
+    assert set(item) == {"image", "group", "noise", "sigma"}
     assert item["image"].shape == (1, 128, 128) and not np.array_equal(item["image"][0], clean)
+    assert item["sigma"] == pytest.approx(0.1, rel=0.15)  # estimated from the noisy image alone
 
 
 def _fresh_model() -> LoadedModel:
@@ -293,3 +294,20 @@ def test_adaptation_to_correlated_noise_hides_blocks_and_beats_the_shipped_model
     shipped_psnr = image_metrics(denoise_volume(noisy, model, window, float_output=True), clean)["psnr"]
     adapted_psnr = image_metrics(denoise_volume(noisy, adapted, window, float_output=True), clean)["psnr"]
     assert adapted_psnr > shipped_psnr + 2.0, (shipped_psnr, adapted_psnr)  # measured: 21.6 -> 30.5 dB
+
+
+def test_censored_loss_learns_black_as_black_where_plain_squared_error_learns_grey():
+    """Clean black (0) under Gaussian noise of sigma 0.1 clipped to [0, 1]: half of the noisy values sit at 0 and the
+    rest average 0.08. Over constant predictions, the squared error is smallest near 0.04; the censored loss near 0."""
+    sigma = 0.1
+    noisy = parse_noise(f"gaussian:factor={sigma}").set_random_state(seed=0)(np.zeros((1, 1, 64, 64), np.float32))
+    target = torch.cat([torch.from_numpy(noisy), torch.ones(1, 1, 64, 64), torch.full((1, 1, 64, 64), sigma)], dim=1)
+    levels = np.linspace(-0.1, 0.1, 201)
+
+    def best(loss: BlindSpotLoss) -> float:
+        return levels[np.argmin([loss(torch.full((1, 1, 64, 64), level), target).item() for level in levels])]
+
+    assert abs(best(BlindSpotLoss(censored=True))) < 0.01
+    assert best(BlindSpotLoss()) == pytest.approx(sigma / np.sqrt(2 * np.pi), abs=0.01)
+    with pytest.raises(ValueError, match="sigma"):
+        BlindSpotLoss(censored=True)(torch.zeros(1, 1, 4, 4), target[:, :2, :4, :4])

@@ -31,7 +31,7 @@ from .engine import LoadedModel, ProgressCallback, check_volume, denoise_volume
 from .errors import CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .noise import parse_noise
-from .noise_level import estimate_noise_level, residual_correlation
+from .noise_level import estimate_noise_level, residual_correlation, slice_noise_sigma
 
 #: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
 _SOURCE_DRAWS = 32
@@ -131,7 +131,9 @@ class BlindSpotMask(RandomizableTransform):
 class BlindSpotMaskd(RandomizableTransform, MapTransform):
     """Dictionary version: hides pixels of ``keys`` and writes ``target_key`` = ``(2, H, W)``: the original noisy
     channel (the target) and the mask, which :class:`BlindSpotLoss` takes as its target, so MONAI's
-    ``SupervisedTrainer`` trains the blind-spot objective unchanged (``image`` -> network, ``label`` -> loss)."""
+    ``SupervisedTrainer`` trains the blind-spot objective unchanged (``image`` -> network, ``label`` -> loss).
+    With ``sigma_key`` (the item's noise sigma, e.g. from :func:`noisy_only`) a third channel holds that sigma, for
+    the censored loss."""
 
     def __init__(
         self,
@@ -141,11 +143,12 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
         radius: int = 2,
         channel: int | None = None,
         span: int = 0,
+        sigma_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
-        self.target_key = target_key
+        self.target_key, self.sigma_key = target_key, sigma_key
         self.mask = BlindSpotMask(ratio, radius, channel, span)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> BlindSpotMaskd:
@@ -160,43 +163,60 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
             channel = image.shape[0] // 2 if self.mask.channel is None else self.mask.channel
             d[key], mask = self.mask(image)
             target = image[channel : channel + 1]
-            if isinstance(image, torch.Tensor):
-                d[self.target_key] = torch.cat([target, mask.to(target.dtype)])
-            else:
-                d[self.target_key] = np.concatenate([target, mask.astype(target.dtype)])
+            channels = [target, mask.to(target.dtype) if isinstance(image, torch.Tensor) else mask.astype(target.dtype)]
+            if self.sigma_key is not None:
+                channels.append(target * 0 + float(d[self.sigma_key]))
+            d[self.target_key] = torch.cat(channels) if isinstance(image, torch.Tensor) else np.concatenate(channels)
         return d
 
 
 class BlindSpotLoss(nn.Module):
-    """Mean squared error over the hidden pixels only, optionally away from the clipping bounds.
+    """Mean squared error over the hidden pixels only; optionally away from, or censored at, the clipping bounds.
 
-    ``forward(pred (B, 1, H, W), target (B, 2, H, W))``: ``target[:, 0]`` is the original noisy image, ``target[:, 1]``
-    the mask from :class:`BlindSpotMaskd`. A batch without hidden pixels gives 0 (with a gradient of 0).
+    ``forward(pred (B, 1, H, W), target (B, 2 or 3, H, W))``: ``target[:, 0]`` is the original noisy image,
+    ``target[:, 1]`` the mask from :class:`BlindSpotMaskd`, ``target[:, 2]`` (for ``censored``) the noise sigma. A
+    batch without hidden pixels gives 0 (with a gradient of 0).
+
+    Noise clipped to [0, 1] is not zero-mean near the bounds (a black pixel's noisy values average above 0), so plain
+    squared errors teach a lighter black and a darker white. Two remedies:
 
     Args:
-        margin: also leave out pixels whose prediction lies within ``margin`` of 0 or 1. Noise clipped to [0, 1] is
-            not zero-mean there (a bright pixel's noisy values average below its clean value), so learning from them
-            darkens bright and lightens dark regions; about two noise sigmas removes the bias. The choice looks at
-            the prediction, which never sees the pixel's own noise, so it does not bias the pixels that stay in.
+        margin: leave out pixels whose prediction lies within ``margin`` of 0 or 1; about two noise sigmas removes the
+            bias. The choice looks at the prediction, which never sees the pixel's own noise, so it does not bias the
+            pixels that stay in; what is left out is not learnt (for fine-tuning a model that knows those regions).
+        censored: treat a noisy value at 0 or 1 as "at most 0" / "at least 1" of Gaussian noise with the given sigma
+            (Tobit likelihood, scaled by sigma^2 so unclipped pixels keep the squared error / 2): the clipped pixels
+            are learnt without bias (for training from scratch).
     """
 
-    def __init__(self, margin: float = 0.0) -> None:
+    def __init__(self, margin: float = 0.0, censored: bool = False) -> None:
         super().__init__()
         if not 0.0 <= margin < 0.5:
             raise ValueError(f"blind-spot loss margin {margin} must be in [0, 0.5): a fraction of the [0, 1] range")
-        self.margin = margin
+        self.margin, self.censored = margin, censored
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         noisy, mask = target[:, :1], target[:, 1:2]
         if self.margin:
             level = pred.detach()
             mask = mask * ((level > self.margin) & (level < 1.0 - self.margin))
-        return (mask * (pred - noisy) ** 2).sum() / mask.sum().clamp(min=1.0)
+        if self.censored:
+            if target.shape[1] < 3:
+                raise ValueError("the censored blind-spot loss needs the noise sigma as a third target channel")
+            sigma = target[:, 2:3].clamp(min=1e-3)
+            squared = 0.5 * (pred - noisy) ** 2
+            below = -(sigma**2) * torch.special.log_ndtr(-pred / sigma)  # P(noisy value <= 0)
+            above = -(sigma**2) * torch.special.log_ndtr((pred - 1.0) / sigma)  # P(noisy value >= 1)
+            errors = torch.where(noisy <= 0.0, below, torch.where(noisy >= 1.0, above, squared))
+        else:
+            errors = (pred - noisy) ** 2
+        return (mask * errors).sum() / mask.sum().clamp(min=1.0)
 
 
 def noisy_only(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | None = None) -> list[dict]:
     """A noisy-only data set: each clean ``label`` is read once, noised once (one fixed realisation per slice, as a
-    real scan has) and dropped; items keep their other keys and get ``image`` (float32 (1, H, W) in [0, 1]).
+    real scan has) and dropped; items keep their other keys and get ``image`` (float32 (1, H, W) in [0, 1]) and
+    ``sigma``, the noise sigma estimated from the noisy image alone (:func:`scripts.noise_level.slice_noise_sigma`).
 
     ``crop`` takes the central window of each slice (for validation).
     """
@@ -205,13 +225,20 @@ def noisy_only(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | No
     noisy = []
     for item in slices:
         clean = np.ascontiguousarray(center_crop(np.asarray(item["label"]), crop))
-        noisy.append({**{k: v for k, v in item.items() if k != "label"}, "image": model(clean), "noise": model.spec})
+        image = model(clean)
+        sigma = slice_noise_sigma(image[len(image) // 2]) if min(image.shape[-2:]) >= 4 else 0.0
+        noisy.append(
+            {**{k: v for k, v in item.items() if k != "label"}, "image": image, "noise": model.spec, "sigma": sigma}
+        )
     return noisy
 
 
-def blind_spot_pairs(items: Sequence[dict], seed: int = 0, ratio: float = 0.03, radius: int = 2) -> list[dict]:
-    """Fixed blind-spot inputs and targets (drawn once from ``seed``) for a validation that needs no clean image."""
-    masking = BlindSpotMaskd("image", ratio=ratio, radius=radius).set_random_state(seed=seed)
+def blind_spot_pairs(
+    items: Sequence[dict], seed: int = 0, ratio: float = 0.03, radius: int = 2, sigma_key: str | None = None
+) -> list[dict]:
+    """Fixed blind-spot inputs and targets (drawn once from ``seed``) for a validation that needs no clean image;
+    ``sigma_key`` as for :class:`BlindSpotMaskd`."""
+    masking = BlindSpotMaskd("image", ratio=ratio, radius=radius, sigma_key=sigma_key).set_random_state(seed=seed)
     return [masking(item) for item in items]
 
 
