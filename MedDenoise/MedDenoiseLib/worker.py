@@ -95,14 +95,18 @@ def denoise(args: argparse.Namespace) -> None:
     write_image(args.output, result, like=volume)
     if reference is not None:
         emit("metrics", before=compare(volume.array, reference.array), after=compare(result, reference.array))
+    adaptation = model.metadata.get("adaptation", {})
+    noise = str(level)
+    if adaptation:  # what the adaptation found, for the status line
+        noise += "; correlated over pixels" if adaptation["span"] else "; independent from pixel to pixel"
     emit(
         "done",
         output=args.output,
         model=model.source,
         version=model.version,
         device=model.device.type,
-        noise=str(level),
-        adapted_seconds=model.metadata.get("adaptation", {}).get("seconds", 0.0),
+        noise=noise,
+        adapted_seconds=adaptation.get("seconds", 0.0),
     )
 
 
