@@ -13,7 +13,8 @@ Prints three tables on the data's test split (the same slices as ``scripts/bench
    over pixels): PSNR of the shipped model alone and after ``--adapt-seconds`` of blind-spot fine-tuning on each noisy
    slice, per modality, with the blind-spot span the adaptation chose.
 
-``--out FILE`` also writes every figure as JSON (atomically).
+``--out FILE`` also writes every figure as JSON (atomically); ``--pictures DIR`` a side-by-side PNG of each adapted
+scan (clean, noisy, shipped, adapted and what the adapted model removed).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from scripts.intensity import IntensityWindow  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
 from scripts.noise import DEFAULT_SETTINGS, noise_sigma  # noqa: E402
 from scripts.noise_level import slice_noise_sigma  # noqa: E402
-from scripts.report import write_atomic  # noqa: E402
+from scripts.report import plot_comparison, write_atomic  # noqa: E402
 from scripts.selfsupervised import adapt_model  # noqa: E402
 
 GAUSSIAN_SETTINGS = [spec for spec in DEFAULT_SETTINGS if spec.startswith("gaussian")]
@@ -138,6 +139,7 @@ def adaptation_table(
     seconds: float,
     per_modality: int,
     views: int = 1,
+    pictures: Path | None = None,
 ) -> list[dict]:
     chosen = []
     for modality in sorted({s["modality"] for s in slices}):
@@ -147,13 +149,19 @@ def adaptation_table(
         noisy, clean = pair["image"][0], pair["label"][0]
         start = time.monotonic()
         adapted = adapt_model(shipped, noisy, UNIT_WINDOW, seconds=seconds, seed=seed)
+        outputs = {"shipped": denoise(shipped, noisy, views), "adapted": denoise(adapted, noisy, views)}
+        scores = {name: image_metrics(image, clean) for name, image in {"noisy": noisy, **outputs}.items()}
+        if pictures is not None:
+            name = f"adapt_{noise.split(':')[0]}_{pair['modality']}_{Path(pair['image_path']).stem}.png"
+            title = f"adapt to this scan: {noise}, {seconds:g} s ({pair['modality']})"
+            plot_comparison(clean, noisy, outputs, scores, pictures / name, title, residual_of="adapted")
         rows.append(
             {
                 "modality": pair["modality"],
                 "image": Path(pair["image_path"]).name,
-                "noisy": image_metrics(noisy, clean)["psnr"],
-                "shipped": image_metrics(denoise(shipped, noisy, views), clean)["psnr"],
-                "adapted": image_metrics(denoise(adapted, noisy, views), clean)["psnr"],
+                "noisy": scores["noisy"]["psnr"],
+                "shipped": scores["shipped"]["psnr"],
+                "adapted": scores["adapted"]["psnr"],
                 "seconds": time.monotonic() - start,
                 "steps": adapted.metadata["adaptation"]["steps"],
                 "span": adapted.metadata["adaptation"]["span"],
@@ -206,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="views averaged by every model",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--pictures", type=Path, default=None, help="folder for side-by-side PNGs of each adapted scan")
     args = parser.parse_args(argv)
     try:
         device = torch.device("cpu")
@@ -229,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.adapt_seconds,
                     args.adapt_slices,
                     args.self_ensemble,
+                    args.pictures,
                 )
                 for noise in args.unseen_noise
             },
