@@ -3,6 +3,7 @@ file and no process behind; an existing output is kept without --overwrite; the 
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -49,7 +50,8 @@ def start(*arguments) -> tuple[subprocess.Popen, list[str]]:
 
 def wait_until_denoising(process: subprocess.Popen, stderr: list[str], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while f"2/{SLICES}" not in "".join(stderr):
+    # tqdm redraws at most every 0.1 s, so any count from 2 on (not "2/240" itself, which a fast run may skip)
+    while not any(int(done) >= 2 for done in re.findall(rf"(\d+)/{SLICES}", "".join(stderr))):
         assert process.poll() is None, f"denoise.py ended before it could be interrupted: {''.join(stderr)[-500:]}"
         assert time.monotonic() < deadline, "denoise.py did not start denoising"
         time.sleep(0.2)
