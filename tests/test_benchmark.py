@@ -55,6 +55,7 @@ def test_cli_writes_results_json_markdown_and_figures(cli_run):
     markdown = (out / "results.md").read_text()
     for title in ("## PSNR (dB)", "## SSIM", "## MSE", "## CT: SSIM", "## DAE vs median filter"):
         assert title in markdown
+    assert f"Machine: {results['machine']['platform']}, " in markdown
     assert markdown.count("**") >= 2 * 3 * len(SETTINGS)  # one bold best per row in each metric table
     assert (out / "psnr_vs_noise.png").stat().st_size > 10_000
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))

@@ -122,7 +122,7 @@ def results_markdown(results: dict) -> str:
         f"Data: `{data['source']}`, {data['split']} split, {data['slices']} slices ({counts}), "
         f"central crop {data['crop'] or 'none'}, noise seed {data['seed']}. "
         f"Bundle version: {results['bundle_version'] or 'not run'}, DAE self-ensemble of {results.get('dae_views', 1)} "
-        "view(s). Machine: {machine['platform']}, "
+        f"view(s). Machine: {machine['platform']}, "
         f"{machine['cpus']} CPUs, {machine['device']}.",
         "",
         "Mean ± standard deviation over slices, all images scaled to [0, 1] (data range 1); the best mean of each row is "
