@@ -157,6 +157,10 @@ def test_spec_fills_defaults_and_parses_ranges():
         ("gaussian:factor=abc", "not a number"),
         ("gaussian:factor", "NAME=VALUE"),
         ("gaussian:factor=-1", ">= 0"),
+        ("poisson:lam=-1..2", "lam=-1.0 must be >= 0"),
+        ("rician:std=-0.1", "std=-0.1 must be >= 0"),
+        ("speckle:std=-0.1", "std=-0.1 must be >= 0"),
+        ("correlated:width=-1", "width=-1.0 must be >= 0"),
         ("photon:peak=0", "> 0"),
         ("mask:p=2", "[0, 1]"),
         ("gaussian:factor=0.5..0.1", "LOW <= HIGH"),
@@ -172,6 +176,10 @@ def test_bad_specs_say_what_is_wrong(spec, words):
     with pytest.raises(NoiseSpecError) as error:
         parse_noise(spec)
     assert words in str(error.value)
+
+
+def test_only_the_levels_that_must_be_non_negative_are_checked():
+    assert parse_noise("gaussian:factor=0.1,mean=-1,std=1").levels["mean"] == -1  # a negative offset is meaningful
 
 
 def test_mixture_draws_members_and_levels_per_sample():

@@ -55,9 +55,10 @@ class LoadedModel:
     """A denoising network ready for inference, with what the engine needs to feed it.
 
     ``context`` is the number of neighbouring slices on each side given as extra input channels (2.5D; 0 for 2D).
-    ``blind_spot`` marks a network trained with the blind-spot objective (self-supervised or adapted to a scan): it
-    predicts each pixel from its neighbours only, so it over-smooths where the noise is low, and the engine gives back
-    part of the input by the slice's noise level (:func:`scripts.noise_level.noise_share`).
+    ``blind_spot`` marks a network trained from scratch with the blind-spot objective (self-supervised; not one adapted
+    to a scan, which began as a supervised network): it predicts each pixel from its neighbours only, so it
+    over-smooths where the noise is low, and the engine gives back part of the input by the slice's noise level
+    (:func:`scripts.noise_level.noise_share`).
     """
 
     network: torch.nn.Module

@@ -50,12 +50,14 @@ def _parse_level(name: str, text: str) -> Level:
 class NoiseModel(RandomizableTransform):
     """Base class: a named noise model whose float parameters (``LEVELS``) may be fixed values or ranges.
 
-    Subclasses set ``NAME`` and ``LEVELS`` (parameter names with defaults) and implement :meth:`corrupt`, which adds
-    noise to a float64 NumPy array using ``self.R`` and the levels drawn for this sample.
+    Subclasses set ``NAME``, ``LEVELS`` (parameter names with defaults) and ``NON_NEGATIVE`` (the levels that must be
+    >= 0) and implement :meth:`corrupt`, which adds noise to a float64 NumPy array using ``self.R`` and the levels
+    drawn for this sample.
     """
 
     NAME: ClassVar[str]
     LEVELS: ClassVar[dict[str, float]]
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ()
     REGISTRY: ClassVar[dict[str, type[NoiseModel]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -80,9 +82,11 @@ class NoiseModel(RandomizableTransform):
         self.drawn: dict[str, float] = {}
 
     def _check_level(self, name: str, value: float) -> None:
-        """Subclasses reject values that have no meaning (e.g. a negative standard deviation)."""
+        """Rejects values that have no meaning; subclasses with other rules than ``NON_NEGATIVE`` extend it."""
         if not np.isfinite(value):
             raise NoiseSpecError(f"noise '{self.NAME}': {name}={value} must be a finite number")
+        if name in self.NON_NEGATIVE and value < 0:
+            raise NoiseSpecError(f"noise '{self.NAME}': {name}={value} must be >= 0")
 
     @property
     def spec(self) -> str:
@@ -122,11 +126,7 @@ class GaussianNoise(NoiseModel):
 
     NAME = "gaussian"
     LEVELS = {"factor": 0.1, "mean": 0.0, "std": 1.0}
-
-    def _check_level(self, name: str, value: float) -> None:
-        super()._check_level(name, value)
-        if name in ("factor", "std") and value < 0:
-            raise NoiseSpecError(f"noise 'gaussian': {name}={value} must be >= 0")
+    NON_NEGATIVE = ("factor", "std")
 
     def corrupt(self, image: np.ndarray) -> np.ndarray:
         d = self.drawn
@@ -138,11 +138,7 @@ class PoissonNoise(NoiseModel):
 
     NAME = "poisson"
     LEVELS = {"factor": 0.2, "lam": 1.0}
-
-    def _check_level(self, name: str, value: float) -> None:
-        super()._check_level(name, value)
-        if value < 0:
-            raise NoiseSpecError(f"noise 'poisson': {name}={value} must be >= 0")
+    NON_NEGATIVE = ("factor", "lam")
 
     def corrupt(self, image: np.ndarray) -> np.ndarray:
         d = self.drawn
@@ -154,15 +150,11 @@ class RicianNoise(NoiseModel):
 
     NAME = "rician"
     LEVELS = {"std": 0.05}
+    NON_NEGATIVE = ("std",)
 
     def __init__(self, clip: bool = True, **levels: Level) -> None:
         super().__init__(clip=clip, **levels)
         self._rician = RandRicianNoise(prob=1.0, mean=0.0, std=1.0, relative=False, sample_std=False)
-
-    def _check_level(self, name: str, value: float) -> None:
-        super()._check_level(name, value)
-        if value < 0:
-            raise NoiseSpecError(f"noise 'rician': std={value} must be >= 0")
 
     def corrupt(self, image: np.ndarray) -> np.ndarray:
         self._rician.std = self.drawn["std"]
@@ -191,11 +183,7 @@ class SpeckleNoise(NoiseModel):
 
     NAME = "speckle"
     LEVELS = {"std": 0.1}
-
-    def _check_level(self, name: str, value: float) -> None:
-        super()._check_level(name, value)
-        if value < 0:
-            raise NoiseSpecError(f"noise 'speckle': std={value} must be >= 0")
+    NON_NEGATIVE = ("std",)
 
     def corrupt(self, image: np.ndarray) -> np.ndarray:
         return image * (1.0 + self.R.normal(0.0, self.drawn["std"], size=image.shape))
@@ -208,11 +196,7 @@ class CorrelatedNoise(NoiseModel):
 
     NAME = "correlated"
     LEVELS = {"std": 0.1, "width": 1.0}
-
-    def _check_level(self, name: str, value: float) -> None:
-        super()._check_level(name, value)
-        if value < 0:
-            raise NoiseSpecError(f"noise 'correlated': {name}={value} must be >= 0")
+    NON_NEGATIVE = ("std", "width")
 
     def corrupt(self, image: np.ndarray) -> np.ndarray:
         std, width = self.drawn["std"], self.drawn["width"]

@@ -6,9 +6,11 @@ independent from pixel to pixel and a hidden pixel's own value is nowhere in the
 clean value, so noisy images are enough to learn from.
 
 - :class:`BlindSpotMask` / :class:`BlindSpotMaskd`: the masking, a MONAI randomizable transform and its dict version.
-- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels (optionally away from the clipping bounds).
+- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels (optionally away from, or censored at, the
+  clipping bounds).
 - :func:`noisy_only`: a training set with noise applied once at load time and the clean images dropped.
-- :func:`adapt_model`: fine-tune a copy of a loaded model on one user's noisy volume for a bounded time.
+- :func:`adapt_model`: fine-tune a copy of a loaded model on one user's noisy volume for a bounded time, with a
+  single-pixel or block blind spot chosen from the kind of noise.
 """
 
 from __future__ import annotations
@@ -163,10 +165,11 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
             channel = image.shape[0] // 2 if self.mask.channel is None else self.mask.channel
             d[key], mask = self.mask(image)
             target = image[channel : channel + 1]
-            channels = [target, mask.to(target.dtype) if isinstance(image, torch.Tensor) else mask.astype(target.dtype)]
+            is_tensor = isinstance(image, torch.Tensor)
+            channels = [target, mask.to(target.dtype) if is_tensor else mask.astype(target.dtype)]
             if self.sigma_key is not None:
-                channels.append(target * 0 + float(d[self.sigma_key]))
-            d[self.target_key] = torch.cat(channels) if isinstance(image, torch.Tensor) else np.concatenate(channels)
+                channels.append((torch.full_like if is_tensor else np.full_like)(target, float(d[self.sigma_key])))
+            d[self.target_key] = (torch.cat if is_tensor else np.concatenate)(channels)
         return d
 
 
