@@ -312,3 +312,25 @@ def test_censored_loss_learns_black_as_black_where_plain_squared_error_learns_gr
     assert best(BlindSpotLoss()) == pytest.approx(sigma / np.sqrt(2 * np.pi), abs=0.01)
     with pytest.raises(ValueError, match="sigma"):
         BlindSpotLoss(censored=True)(torch.zeros(1, 1, 4, 4), target[:, :2, :4, :4])
+
+
+def test_normalized_loss_divides_each_sample_by_its_own_noise_variance():
+    """Two samples with the same relative error (error = sigma/2) count the same once normalized; plain squared errors
+    let the heavily noised one (sigma 0.2) outweigh the light one (sigma 0.02) 100 to 1."""
+    sigmas = torch.tensor([0.02, 0.2]).view(2, 1, 1, 1)
+    noisy = torch.full((2, 1, 8, 8), 0.5)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, ::2, ::2] = 1
+    target = torch.cat([noisy, mask, sigmas.expand(2, 1, 8, 8)], dim=1)
+    pred = noisy + sigmas / 2
+    assert BlindSpotLoss(normalized=True)(pred, target) == pytest.approx(0.25, rel=1e-5)
+    per_sample = [float(BlindSpotLoss(normalized=True)(pred[i : i + 1], target[i : i + 1])) for i in range(2)]
+    assert per_sample[0] == pytest.approx(per_sample[1], rel=1e-5)
+    assert BlindSpotLoss()(pred, target) == pytest.approx((0.01**2 + 0.1**2) / 2, rel=1e-5)
+    flat = target.clone()
+    flat[:, 2] = 0.0  # a flat slice measures no noise: the floor keeps its weight bounded
+    assert BlindSpotLoss(normalized=True)(pred, flat) == pytest.approx(
+        float(((sigmas / 2) ** 2).mean() / 0.01**2), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="sigma"):
+        BlindSpotLoss(normalized=True)(pred, target[:, :2])

@@ -93,3 +93,32 @@ def test_ssim_l1_loss_mixes_monai_ssim_and_l1_on_a_real_slice(ct_slice):
     assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="alpha"):
         SSIML1Loss(alpha=1.5)
+
+
+def test_psnr_loss_is_the_negative_mean_psnr_and_weighs_light_noise_like_heavy(ct_slice):
+    from monai.metrics import PSNRMetric
+
+    from scripts.training import PSNRLoss
+
+    clean = torch.as_tensor(ct_slice[None, None, :128, :128], dtype=torch.float32).repeat(2, 1, 1, 1)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy = (clean + torch.tensor([0.02, 0.2]).view(2, 1, 1, 1) * noise).clamp(0, 1)  # light and heavy noise
+    psnr = PSNRMetric(max_val=1.0)(noisy, clean).mean()
+    torch.testing.assert_close(PSNRLoss(eps=1e-12)(noisy, clean), -psnr, rtol=0, atol=1e-3)
+    assert PSNRLoss()(clean, clean) == pytest.approx(-50.0)  # eps 1e-5 bounds a perfect patch at 50 dB
+
+    # Shrinking either sample's error by 10 % gains the same: light noise counts as much as heavy noise (with MSE the
+    # heavy sample would gain about 100 times more).
+    def gain(loss, sample: int) -> float:
+        better = noisy.clone()
+        better[sample] = clean[sample] + 0.9 * (noisy[sample] - clean[sample])
+        return float(loss(noisy, clean) - loss(better, clean))
+
+    loss = PSNRLoss(eps=1e-12)
+    assert gain(loss, 0) == pytest.approx(gain(loss, 1), rel=1e-3)
+    assert gain(torch.nn.functional.mse_loss, 1) > 50 * gain(torch.nn.functional.mse_loss, 0)
+    prediction = noisy.clone().requires_grad_()
+    PSNRLoss()(prediction, clean).backward()
+    assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="eps"):
+        PSNRLoss(eps=0)

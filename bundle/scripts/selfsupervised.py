@@ -190,22 +190,30 @@ class BlindSpotLoss(nn.Module):
         censored: treat a noisy value at 0 or 1 as "at most 0" / "at least 1" of Gaussian noise with the given sigma
             (Tobit likelihood, scaled by sigma^2 so unclipped pixels keep the squared error / 2): the clipped pixels
             are learnt without bias (for training from scratch).
+        normalized: divide each sample's loss by its noise variance (sigma from the third channel, at least
+            :data:`MIN_SIGMA`): a hidden pixel's expected squared error is ``error^2 + sigma^2``, so without it the
+            heavily noised slices dominate and the lightly noised ones, where the blind spot costs most, learn least.
     """
 
-    def __init__(self, margin: float = 0.0, censored: bool = False) -> None:
+    #: Floor of the per-sample sigma of ``normalized``: a flat slice measures almost no noise and would take over.
+    MIN_SIGMA = 0.01
+
+    def __init__(self, margin: float = 0.0, censored: bool = False, normalized: bool = False) -> None:
         super().__init__()
         if not 0.0 <= margin < 0.5:
             raise ValueError(f"blind-spot loss margin {margin} must be in [0, 0.5): a fraction of the [0, 1] range")
-        self.margin, self.censored = margin, censored
+        self.margin, self.censored, self.normalized = margin, censored, normalized
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         noisy, mask = target[:, :1], target[:, 1:2]
         if self.margin:
             level = pred.detach()
             mask = mask * ((level > self.margin) & (level < 1.0 - self.margin))
+        if (self.censored or self.normalized) and target.shape[1] < 3:
+            raise ValueError(
+                "the censored or normalized blind-spot loss needs the noise sigma as a third target channel"
+            )
         if self.censored:
-            if target.shape[1] < 3:
-                raise ValueError("the censored blind-spot loss needs the noise sigma as a third target channel")
             sigma = target[:, 2:3].clamp(min=1e-3)
             squared = 0.5 * (pred - noisy) ** 2
             below = -(sigma**2) * torch.special.log_ndtr(-pred / sigma)  # P(noisy value <= 0)
@@ -213,6 +221,10 @@ class BlindSpotLoss(nn.Module):
             errors = torch.where(noisy <= 0.0, below, torch.where(noisy >= 1.0, above, squared))
         else:
             errors = (pred - noisy) ** 2
+        if self.normalized:
+            per_sample = (mask * errors).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
+            variance = target[:, 2].flatten(1)[:, 0].clamp(min=self.MIN_SIGMA) ** 2
+            return (per_sample / variance).mean()
         return (mask * errors).sum() / mask.sum().clamp(min=1.0)
 
 

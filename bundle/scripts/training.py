@@ -32,6 +32,29 @@ class SSIML1Loss(nn.Module):
         return self.alpha * self.ssim(prediction, target) + (1.0 - self.alpha) * l1
 
 
+class PSNRLoss(nn.Module):
+    """Negative mean PSNR of the samples in a batch: ``mean_b 10 log10(MSE_b + eps)`` (data range 1), the loss of
+    NAFNet (Chen et al. 2022) for denoising.
+
+    Its gradient is each sample's squared-error gradient divided by that sample's MSE, so a patch with light noise
+    (small errors) weighs as much as one with heavy noise, as in the benchmark, which averages PSNR per image and
+    setting; MSE and L1 leave the light-noise patches, where BM3D is strongest, a small share of the gradient.
+    ``eps`` (1e-5: 50 dB) keeps a flat black patch that the network already returns exactly from taking over.
+
+    Shapes: prediction and target ``(B, C, H, W)`` in [0, 1]; returns a scalar (lower is better, in dB).
+    """
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        if eps <= 0:
+            raise ValueError(f"eps must be positive (it bounds the PSNR of a perfect patch), not {eps}")
+        self.eps = eps
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mse = ((prediction - target) ** 2).flatten(1).mean(dim=1)
+        return 10.0 * torch.log10(mse + self.eps).mean()
+
+
 class ValidationCurve:
     """Ignite handler for the validation evaluator: after each validation, plots every metric against the epoch
     and saves the figure as a PNG (``save_path``), so the curve is there to look at without TensorBoard."""
