@@ -100,3 +100,39 @@ def test_noise_share_blends_an_over_smoothed_prediction_back_towards_the_input(t
         psnr_plain = image_metrics(denoise_volume(noisy, plain, unit, float_output=True), clean)["psnr"]
         psnr_calibrated = image_metrics(denoise_volume(noisy, calibrated, unit, float_output=True), clean)["psnr"]
         assert psnr_calibrated > psnr_plain + 0.2, (psnr_plain, psnr_calibrated)
+
+
+def test_posterior_blend_per_pixel_beats_one_share_per_slice(test_images):
+    """A blind-spot network that also predicts how far its mean may be off (BlindSpotPosteriorLoss) is blended with the
+    noisy pixel per pixel: the engine's output is posterior_mean of its two channels. With that variance right,
+    keeping the noisy pixel at edges while trusting the prediction in flat tissue beats one noise share per slice."""
+    from scripts.engine import LoadedModel, denoise_volume
+    from scripts.metrics import image_metrics
+    from scripts.noise_level import posterior_mean
+
+    class BlurWithPrior(torch.nn.Module):
+        """Stands in for a posterior blind-spot network: mean = 15x15 box blur; log prior variance = its squared error
+        against the clean image, smoothed 3x3 (an oracle: what a trained network's second channel estimates)."""
+
+        def __init__(self, clean: np.ndarray, channels: int):
+            super().__init__()
+            self.clean, self.channels = torch.from_numpy(clean)[None, None], channels
+
+        def forward(self, x):
+            mean = torch.nn.functional.avg_pool2d(x, 15, stride=1, padding=7, count_include_pad=False)
+            error = torch.nn.functional.avg_pool2d((mean - self.clean) ** 2, 3, stride=1, padding=1)
+            return torch.cat([mean, error.clamp(min=1e-8).log()], dim=1)[:, : self.channels]
+
+    unit = IntensityWindow(0.0, 1.0)
+    for clean in test_images:
+        noisy = _noised(clean, "gaussian:factor=0.05,mean=0,std=1")
+        models = [LoadedModel(BlurWithPrior(clean, c), torch.device("cpu"), blind_spot=True) for c in (2, 1)]
+        per_pixel, per_slice = (denoise_volume(noisy, model, unit) for model in models)
+        outputs = models[0].network(torch.from_numpy(noisy)[None, None])[0].numpy()
+        expected = np.clip(posterior_mean(noisy, outputs[0], outputs[1], slice_noise_sigma(noisy)), 0, 1)
+        np.testing.assert_allclose(per_pixel, expected, atol=1e-5)
+        assert image_metrics(per_pixel, clean)["psnr"] > image_metrics(per_slice, clean)["psnr"] + 0.5
+    mean, noisy_pixel = np.full((2, 2), 0.5), np.full((2, 2), 0.9)
+    np.testing.assert_allclose(posterior_mean(noisy_pixel, mean, np.full((2, 2), -16.0), 0.1), mean, atol=1e-5)
+    np.testing.assert_allclose(posterior_mean(noisy_pixel, mean, np.full((2, 2), 16.0), 0.1), noisy_pixel, atol=1e-5)
+    np.testing.assert_allclose(posterior_mean(noisy_pixel, mean, np.full((2, 2), np.log(0.01)), 0.1), 0.7)

@@ -334,3 +334,31 @@ def test_normalized_loss_divides_each_sample_by_its_own_noise_variance():
     )
     with pytest.raises(ValueError, match="sigma"):
         BlindSpotLoss(normalized=True)(pred, target[:, :2])
+
+
+def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_less_the_noise():
+    """Hidden noisy values y = x + s*z1 + sigma*z2 (a clean value of spread s, noise sigma): the loss is smallest for
+    the mean of y and the log prior variance log(var(y) - sigma^2) = log(s^2), and the 2-channel shape is checked."""
+    from scripts.selfsupervised import BlindSpotPosteriorLoss
+
+    generator = torch.Generator().manual_seed(0)
+    s, sigma = 0.05, 0.1
+    noisy = (
+        0.4
+        + s * torch.randn(1, 1, 64, 64, generator=generator)
+        + sigma * torch.randn(1, 1, 64, 64, generator=generator)
+    )
+    target = torch.cat([noisy, torch.ones_like(noisy), torch.full_like(noisy, sigma)], dim=1)
+    loss = BlindSpotPosteriorLoss()
+
+    def at(mean: float, log_prior: float) -> float:
+        return float(loss(torch.cat([torch.full_like(noisy, mean), torch.full_like(noisy, log_prior)], dim=1), target))
+
+    best_mean, best_log = float(noisy.mean()), float(np.log(noisy.var() - sigma**2))
+    assert best_log == pytest.approx(2 * np.log(s), abs=0.15)
+    for step in (0.02, -0.02):
+        assert at(best_mean, best_log) < at(best_mean + step, best_log)
+    for step in (0.5, -0.5):
+        assert at(best_mean, best_log) < at(best_mean, best_log + step)
+    with pytest.raises(ValueError, match="2-channel"):
+        loss(noisy, target)

@@ -57,8 +57,9 @@ class LoadedModel:
     ``context`` is the number of neighbouring slices on each side given as extra input channels (2.5D; 0 for 2D).
     ``blind_spot`` marks a network trained from scratch with the blind-spot objective (self-supervised; not one adapted
     to a scan, which began as a supervised network): it predicts each pixel from its neighbours only, so it
-    over-smooths where the noise is low, and the engine gives back part of the input by the slice's noise level
-    (:func:`scripts.noise_level.noise_share`).
+    over-smooths where the noise is low, and the engine gives back part of the input: per pixel when the network also
+    predicts the clean value's variance (a second output channel, :func:`scripts.noise_level.posterior_mean`), else
+    one share per slice by the slice's noise level (:func:`scripts.noise_level.noise_share`).
     """
 
     network: torch.nn.Module
@@ -318,20 +319,30 @@ def denoise_volume(
     total = stack.shape[0]
     offsets = np.arange(-model.context, model.context + 1)
     if model.blind_spot:
-        from .noise_level import noise_share  # imported here: noise_level builds on this module's checks
+        # imported here: noise_level builds on this module's checks
+        from .noise_level import noise_share, posterior_mean, slice_noise_sigma
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             indices = np.arange(start, min(total, start + batch_size))
             neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
             scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            pred = predict_self_ensemble(model.network, batch, views).float().cpu().numpy()[:, 0]
+            outputs = predict_self_ensemble(model.network, batch, views).float().cpu().numpy()
+            pred = outputs[:, 0]
+            posterior = model.blind_spot and outputs.shape[1] == 2  # (mean, log prior variance): blend per pixel
+            if posterior:
+                pred = np.stack(
+                    [
+                        posterior_mean(noisy, mean, log_prior, slice_noise_sigma(noisy))
+                        for noisy, mean, log_prior in zip(scaled[:, model.context], pred, outputs[:, 1], strict=True)
+                    ]
+                )
             # A linear output head can leave [0, 1] on inputs unlike any training image; clamped, no voxel moves
             # further than strength x window width (the benchmark scores the same clamped output).
             np.clip(pred, 0.0, 1.0, out=pred)
             correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
             shares = np.ones(len(indices), dtype=np.float32)
-            if model.blind_spot:
+            if model.blind_spot and not posterior:
                 shares[:] = [noise_share(noisy, p) for noisy, p in zip(scaled[:, model.context], pred, strict=True)]
             result = stack[indices].astype(np.float32) + np.float32(strength) * shares[:, None, None] * correction
             output[indices] = _cast(result, out_dtype)

@@ -30,6 +30,8 @@ _CLIP_MARGIN = 2.0
 _REFINEMENTS = 3
 #: Keep refining only while at least this fraction of the coefficients is far from the extremes.
 _MIN_USABLE_FRACTION = 0.05
+#: Bound on the log prior variance a posterior blind-spot network predicts (e^-16: a standard deviation of 3e-4).
+LOG_PRIOR_BOUND = 16.0
 #: Smallest slice side the wavelet transform can measure.
 _MIN_SIDE = 4
 
@@ -78,6 +80,13 @@ def noise_share(noisy: np.ndarray, prediction: np.ndarray) -> float:
     if difference == 0.0 or min(np.shape(noisy)) < _MIN_SIDE:
         return 1.0
     return min(1.0, slice_noise_sigma(noisy) ** 2 / difference)
+
+
+def posterior_mean(noisy: np.ndarray, mean: np.ndarray, log_prior: np.ndarray, sigma: float) -> np.ndarray:
+    """Per-pixel posterior mean of the clean value (Gaussian prior and noise): ``mean + share * (noisy - mean)`` with
+    ``share = prior / (prior + sigma^2)``. All arrays H x W on the [0, 1] scale; ``sigma`` the slice's noise sigma."""
+    prior = np.exp(np.clip(log_prior, -LOG_PRIOR_BOUND, LOG_PRIOR_BOUND))
+    return mean + prior / (prior + sigma**2) * (noisy - mean)
 
 
 def residual_correlation(noisy: np.ndarray, prediction: np.ndarray) -> float:

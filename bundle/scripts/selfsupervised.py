@@ -8,6 +8,8 @@ clean value, so noisy images are enough to learn from.
 - :class:`BlindSpotMask` / :class:`BlindSpotMaskd`: the masking, a MONAI randomizable transform and its dict version.
 - :class:`BlindSpotLoss`: the mean squared error over the hidden pixels (optionally away from, or censored at, the
   clipping bounds).
+- :class:`BlindSpotPosteriorLoss`: the same with a predicted prior variance, for a per-pixel blend of prediction and
+  noisy pixel at inference (:func:`scripts.noise_level.posterior_mean`).
 - :func:`noisy_only`: a training set with noise applied once at load time and the clean images dropped.
 - :func:`adapt_model`: fine-tune a copy of a loaded model on one user's noisy volume for a bounded time, with a
   single-pixel or block blind spot chosen from the kind of noise.
@@ -33,7 +35,7 @@ from .engine import LoadedModel, ProgressCallback, check_volume, denoise_volume
 from .errors import CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .noise import parse_noise
-from .noise_level import estimate_noise_level, residual_correlation, slice_noise_sigma
+from .noise_level import LOG_PRIOR_BOUND, estimate_noise_level, residual_correlation, slice_noise_sigma
 
 #: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
 _SOURCE_DRAWS = 32
@@ -225,6 +227,35 @@ class BlindSpotLoss(nn.Module):
             per_sample = (mask * errors).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
             variance = target[:, 2].flatten(1)[:, 0].clamp(min=self.MIN_SIGMA) ** 2
             return (per_sample / variance).mean()
+        return (mask * errors).sum() / mask.sum().clamp(min=1.0)
+
+
+class BlindSpotPosteriorLoss(nn.Module):
+    """Negative log-likelihood of each hidden pixel's noisy value under ``N(mean, prior + sigma^2)``: the network
+    predicts, from the context alone, the clean value's mean and (as a log) its variance ``prior``; the noise adds
+    ``sigma^2``. Laine et al. (2019), Gaussian case.
+
+    With both, the engine combines the prediction and the pixel's own noisy value per pixel
+    (:func:`scripts.noise_level.posterior_mean`): where the context pins the value down (flat tissue, small ``prior``) the prediction
+    wins; at an edge (large ``prior``) more of the noisy pixel is kept. A single-output blind-spot network can only
+    be blended with one share per slice, and over-smooths light noise.
+
+    ``forward(pred (B, 2, H, W), target (B, 3, H, W))``: ``pred[:, 0]`` the mean, ``pred[:, 1]`` the log prior
+    variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma). A squared
+    error counts relative to the predicted variance, so lightly and heavily noised slices weigh alike (as with
+    ``BlindSpotLoss(normalized=True)``).
+    """
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape[1] != 2 or target.shape[1] != 3:
+            raise ValueError(
+                f"the posterior blind-spot loss needs a 2-channel prediction (mean, log prior variance), not "
+                f"{pred.shape[1]}, and the noise sigma as a third target channel ({target.shape[1]} channels given)"
+            )
+        mean, log_prior = pred[:, :1], pred[:, 1:2].clamp(-LOG_PRIOR_BOUND, LOG_PRIOR_BOUND)
+        noisy, mask, sigma = target[:, :1], target[:, 1:2], target[:, 2:3].clamp(min=1e-3)
+        variance = log_prior.exp() + sigma**2
+        errors = 0.5 * ((noisy - mean) ** 2 / variance + variance.log())
         return (mask * errors).sum() / mask.sum().clamp(min=1.0)
 
 
