@@ -154,7 +154,7 @@ def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path):
     trainer.run()
     assert all(wire.reads == 1 for wires in tripwires.values() for wire in wires)
     assert np.isfinite(float(trainer.state.output[0]["loss"]))
-    assert 0 < evaluator.state.metrics["val_blind_spot_loss"] < untrained, "noisy images alone taught it something"
+    assert evaluator.state.metrics["val_blind_spot_loss"] < untrained, "noisy images alone taught it something"
     checkpoint = tmp_path / "model_selfsupervised.pt"
     build_network(parser.get("network_def")).load_state_dict(torch.load(checkpoint, weights_only=True))
 
@@ -362,3 +362,20 @@ def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_l
         assert at(best_mean, best_log) < at(best_mean, best_log + step)
     with pytest.raises(ValueError, match="2-channel"):
         loss(noisy, target)
+
+
+def test_a_single_output_blind_spot_network_grows_a_prior_channel_without_changing_its_mean(noisy_ct):
+    from scripts.selfsupervised import with_prior_channel
+
+    _, noisy = noisy_ct
+    torch.manual_seed(0)
+    single = DenoisingAutoencoder(features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None).eval()
+    posterior = DenoisingAutoencoder(
+        features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None, out_channels=2
+    ).eval()
+    posterior.load_state_dict(with_prior_channel(single.state_dict(), log_prior=-7.0))
+    image = torch.as_tensor(noisy[None, None, :64, :64], dtype=torch.float32)
+    with torch.inference_mode():
+        mean, log_prior = posterior(image)[0]
+        torch.testing.assert_close(mean, single(image)[0, 0])
+    torch.testing.assert_close(log_prior, torch.full_like(log_prior, -7.0))

@@ -259,6 +259,20 @@ class BlindSpotPosteriorLoss(nn.Module):
         return (mask * errors).sum() / mask.sum().clamp(min=1.0)
 
 
+def with_prior_channel(state: Mapping[str, torch.Tensor], log_prior: float = 2 * np.log(0.03)) -> dict:
+    """A single-output blind-spot network's state dict grown for :class:`BlindSpotPosteriorLoss`: the output head
+    gets a second channel, the log prior variance, starting at ``log_prior`` everywhere (zero weights); the mean
+    channel keeps its trained weights, so training goes on from the trained network. For
+    ``train_selfsupervised.yaml`` + ``continue.yaml`` (``--init_checkpoint``) from a model of bundle 0.5.0 or older.
+    """
+    grown = dict(state)
+    weight, bias = grown["head.conv.weight"], grown["head.conv.bias"]
+    # PixelShuffle output channel c comes from head channels [c r^2, (c + 1) r^2): the new channel's block goes last.
+    grown["head.conv.weight"] = torch.cat([weight, torch.zeros_like(weight)])
+    grown["head.conv.bias"] = torch.cat([bias, torch.full_like(bias, log_prior)])
+    return grown
+
+
 def noisy_only(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | None = None) -> list[dict]:
     """A noisy-only data set: each clean ``label`` is read once, noised once (one fixed realisation per slice, as a
     real scan has) and dropped; items keep their other keys and get ``image`` (float32 (1, H, W) in [0, 1]) and
