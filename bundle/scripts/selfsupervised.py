@@ -227,7 +227,12 @@ class BlindSpotLoss(nn.Module):
             per_sample = (mask * errors).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
             variance = target[:, 2].flatten(1)[:, 0].clamp(min=self.MIN_SIGMA) ** 2
             return (per_sample / variance).mean()
-        return (mask * errors).sum() / mask.sum().clamp(min=1.0)
+        return _masked_mean(errors, mask)
+
+
+def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``errors`` over the hidden pixels (``mask`` 1); 0, with a gradient of 0, when none is hidden."""
+    return (mask * errors).sum() / mask.sum().clamp(min=1.0)
 
 
 class BlindSpotPosteriorLoss(nn.Module):
@@ -236,8 +241,8 @@ class BlindSpotPosteriorLoss(nn.Module):
     ``sigma^2``. Laine et al. (2019), Gaussian case.
 
     With both, the engine combines the prediction and the pixel's own noisy value per pixel
-    (:func:`scripts.noise_level.posterior_mean`): where the context pins the value down (flat tissue, small ``prior``) the prediction
-    wins; at an edge (large ``prior``) more of the noisy pixel is kept. A single-output blind-spot network can only
+    (:func:`scripts.noise_level.posterior_mean`): where the context pins the value down (flat tissue, small
+    ``prior``) the prediction wins; at an edge (large ``prior``) more of the noisy pixel is kept. A single-output blind-spot network can only
     be blended with one share per slice, and over-smooths light noise.
 
     ``forward(pred (B, 2, H, W), target (B, 3, H, W))``: ``pred[:, 0]`` the mean, ``pred[:, 1]`` the log prior
@@ -256,7 +261,7 @@ class BlindSpotPosteriorLoss(nn.Module):
         noisy, mask, sigma = target[:, :1], target[:, 1:2], target[:, 2:3].clamp(min=1e-3)
         variance = log_prior.exp() + sigma**2
         errors = 0.5 * ((noisy - mean) ** 2 / variance + variance.log())
-        return (mask * errors).sum() / mask.sum().clamp(min=1.0)
+        return _masked_mean(errors, mask)
 
 
 def with_prior_channel(state: Mapping[str, torch.Tensor], log_prior: float = 2 * np.log(0.03)) -> dict:
