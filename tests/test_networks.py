@@ -79,6 +79,8 @@ def test_bad_arguments_are_rejected():
         DenoisingAutoencoder(final_activation="tanh")
     with pytest.raises(ValueError, match="refine_blocks"):
         DenoisingAutoencoder(refine_blocks=-1)
+    with pytest.raises(ValueError, match="fine_blocks"):
+        DenoisingAutoencoder(fine_blocks=-1)
 
 
 def test_unshuffle_stem_works_at_lower_resolution_and_clamp_bounds_the_output():
@@ -112,11 +114,12 @@ def test_global_context_starts_as_the_identity_and_then_sees_the_whole_image():
 
 
 @pytest.mark.parametrize("norm", ["batch", None])
-def test_refine_blocks_start_as_the_identity_then_learn(norm):
+@pytest.mark.parametrize("where", ["refine_blocks", "fine_blocks"])
+def test_refine_blocks_start_as_the_identity_then_learn(norm, where):
     torch.manual_seed(0)
     options = {"features": (8, 16), "skip_connections": True, "residual": True, "final_activation": None, "norm": norm}
     plain = DenoisingAutoencoder(**options).eval()
-    deeper = DenoisingAutoencoder(**options, refine_blocks=2).eval()
+    deeper = DenoisingAutoencoder(**options, **{where: 2}).eval()
     missing = deeper.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(".body." in key for key in missing), "a network without the blocks loads"
     assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in plain.parameters())
@@ -125,7 +128,7 @@ def test_refine_blocks_start_as_the_identity_then_learn(norm):
         assert torch.equal(deeper(image), plain(image)), "zero-initialised: the identity"
     deeper.train()
     torch.nn.functional.mse_loss(deeper(image), torch.zeros_like(image)).backward()
-    last = deeper.decoder[0][-1].body[1]
+    last = (deeper.decoder if where == "refine_blocks" else deeper.encoder)[0][-1].body[1]
     grad = last.adn.N.weight.grad if norm else last.conv.weight.grad
     assert grad is not None and grad.abs().sum() > 0, "the zero-initialised layer receives a gradient"
     torch.jit.script(deeper)  # exportable as models/model.ts
