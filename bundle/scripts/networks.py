@@ -119,7 +119,13 @@ class DenoisingAutoencoder(nn.Module):
         fine_blocks: int = 0,
     ) -> None:
         super().__init__()
-        if not features or min(features) < 1 or convs_per_level < 1 or unshuffle < 1 or min(refine_blocks, fine_blocks) < 0:
+        if (
+            not features
+            or min(features) < 1
+            or convs_per_level < 1
+            or unshuffle < 1
+            or min(refine_blocks, fine_blocks) < 0
+        ):
             raise ValueError(
                 "features must be a non-empty list of positive widths, convs_per_level and unshuffle >= 1, "
                 "refine_blocks and fine_blocks >= 0"
