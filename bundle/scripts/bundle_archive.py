@@ -1,7 +1,7 @@
 """Bundle release archives: metadata validation, Model-Zoo-style zips, and safe extraction of a zip for loading.
 
 >>> validate_metadata(BUNDLE_ROOT / "configs" / "metadata.json")    # raises BundleError naming every broken rule
->>> zip_path = pack_bundle(BUNDLE_ROOT, "dist", "multimodal_denoising")  # dist/meddenoise_multimodal_denoising_v0.6.0.zip
+>>> zip_path = pack_bundle(BUNDLE_ROOT, "dist", "multimodal_denoising")  # dist/meddenoise_multimodal_denoising_v0.7.0.zip
 >>> bundle_dir = extract_bundle(zip_path)                            # a checked copy in the user's cache folder
 
 A release zip holds one top-level folder (the bundle's name) with ``LICENSE``, ``large_files.yml``, ``configs/``,
