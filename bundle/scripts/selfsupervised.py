@@ -35,12 +35,21 @@ from .engine import LoadedModel, ProgressCallback, check_volume, denoise_volume
 from .errors import CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .noise import parse_noise
-from .noise_level import LOG_PRIOR_BOUND, estimate_noise_level, residual_correlation, slice_noise_sigma
+from .noise_level import (
+    LOG_PRIOR_BOUND,
+    estimate_noise_level,
+    noise_scale_ratio,
+    residual_correlation,
+    slice_noise_sigma,
+)
 
 #: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
 _SOURCE_DRAWS = 32
 #: Residual correlation between neighbouring pixels above which :func:`adapt_model` treats the noise as correlated.
 CORRELATED_RESIDUAL = 0.2
+#: Or noise scale ratio (:func:`scripts.noise_level.noise_scale_ratio`) above which it does: white noise measured at
+#: most 2.4, blurred noise of sigma 0.1 and width 0.7-1 px at least 2.4 (docs/experiments.md, session 7).
+CORRELATED_SCALE_RATIO = 2.5
 #: Blind-spot span for correlated noise: blurred noise of width 1 px is correlated 0.02 four pixels away.
 CORRELATED_SPAN = 3
 
@@ -326,9 +335,13 @@ def adapt_model(
     """Fine-tune a copy of ``model`` on one noisy volume with the blind-spot objective for ``seconds``; then denoise
     the volume with the returned model (:func:`scripts.engine.denoise_volume`, same ``window`` and ``axis``).
 
-    The blind spot fits the scan's noise: if the model's residual on a few slices is correlated between neighbouring
-    pixels (:func:`scripts.noise_level.residual_correlation` above :data:`CORRELATED_RESIDUAL`), the noise is
-    correlated over pixels and whole blocks are hidden (``span`` :data:`CORRELATED_SPAN`); otherwise single pixels.
+    The blind spot fits the scan's noise: if, on a few slices, the model's residual is correlated between
+    neighbouring pixels (:func:`scripts.noise_level.residual_correlation` above :data:`CORRELATED_RESIDUAL`) or the
+    noise is much stronger one wavelet scale coarser than at the finest (:func:`scripts.noise_level.noise_scale_ratio`
+    above :data:`CORRELATED_SCALE_RATIO`), the noise is correlated over pixels and whole blocks are hidden (``span``
+    :data:`CORRELATED_SPAN`); otherwise single pixels. Either test alone misses cases the other catches: a model
+    that removes part of correlated noise leaves a residual with little correlation, and anatomy or an image's own
+    grain can fill the finest wavelet scale.
 
     Args:
         model: from :func:`scripts.engine.load_bundle`; never modified.
@@ -351,7 +364,7 @@ def adapt_model(
 
     Returns:
         A new :class:`LoadedModel` in eval mode whose ``metadata["adaptation"]`` records steps, seconds, the last
-        losses, the slowest step, the residual correlation, span and margin.
+        losses, the slowest step, the residual correlation, the noise scale ratio, span and margin.
     """
     start = time.monotonic()
     volume = check_volume(volume, axis)
@@ -359,9 +372,10 @@ def adapt_model(
         raise InvalidImageError(f"the adaptation time must be positive, got {seconds} seconds")
     window = window or IntensityWindow.from_data(volume)
     stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
-    correlation = _residual_correlation(model, stack, window)
+    correlation, scale_ratio = _noise_correlation(model, stack, window)
     if span is None:
-        span = CORRELATED_SPAN if correlation > CORRELATED_RESIDUAL else 0
+        correlated = correlation > CORRELATED_RESIDUAL or scale_ratio > CORRELATED_SCALE_RATIO
+        span = CORRELATED_SPAN if correlated else 0
     if ratio is None:
         ratio = 0.03 if span == 0 else 0.2 / (2 * span + 1) ** 2
     if margin is None:
@@ -404,6 +418,7 @@ def adapt_model(
         "loss": float(np.mean(losses[-10:])),
         "slowest_step": slowest,
         "residual_correlation": correlation,
+        "noise_scale_ratio": scale_ratio,
         "span": span,
         "margin": margin,
     }
@@ -412,19 +427,22 @@ def adapt_model(
     return dataclasses.replace(model, network=network.eval(), metadata={**model.metadata, "adaptation": record})
 
 
-def _residual_correlation(model: LoadedModel, stack: np.ndarray, window: IntensityWindow, samples: int = 4) -> float:
-    """Median :func:`scripts.noise_level.residual_correlation` of ``model`` on up to ``samples`` evenly spaced slices
-    of ``stack`` (K x J x I, native units), each denoised with its real neighbours."""
+def _noise_correlation(
+    model: LoadedModel, stack: np.ndarray, window: IntensityWindow, samples: int = 4
+) -> tuple[float, float]:
+    """Medians of :func:`scripts.noise_level.residual_correlation` of ``model`` and of
+    :func:`scripts.noise_level.noise_scale_ratio` on up to ``samples`` evenly spaced slices of ``stack`` (K x J x I,
+    native units), each denoised with its real neighbours."""
     depth = stack.shape[0]
-    values = []
+    correlations, ratios = [], []
     for index in np.unique(np.linspace(0, depth - 1, min(samples, depth)).round().astype(int)):
         first = max(0, index - model.context)
         around = stack[first : index + model.context + 1]
         denoised = denoise_volume(around, model, window, float_output=True)
-        values.append(
-            residual_correlation(window.forward(around[index - first]), window.forward(denoised[index - first]))
-        )
-    return float(np.median(values))
+        noisy = window.forward(around[index - first])
+        correlations.append(residual_correlation(noisy, window.forward(denoised[index - first])))
+        ratios.append(noise_scale_ratio(noisy))
+    return float(np.median(correlations)), float(np.median(ratios))
 
 
 def _random_patch(
