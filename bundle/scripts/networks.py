@@ -3,7 +3,9 @@
 The default is Gondara's design (2016): conv 64 -> pool -> conv 64 -> pool -> conv 64 -> up -> conv 64 -> up -> conv 1,
 sigmoid (about 112k parameters). Depth, widths, convolutions per level, skip connections, a residual
 (predict-the-noise) output and a space-to-depth stem (FFDNet's PixelUnshuffle, so the work happens at low resolution)
-are configurable for stronger and faster variants; the building blocks are MONAI's.
+are configurable for stronger and faster variants; the building blocks are MONAI's. With ``noise_level_input`` the
+network measures each input's noise level itself (:class:`SliceNoiseSigma`) and conditions every level on it
+(:class:`NoiseLevelFiLM`): still blind to the caller, who never gives a level.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+#: Width of the noise-level embedding that :class:`NoiseLevelFiLM` blocks read.
+_NOISE_EMBEDDING = 32
 _FINAL_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "clamp": lambda: nn.Hardtanh(0.0, 1.0), None: nn.Identity}
 
 
@@ -73,6 +77,71 @@ class RefineBlock(nn.Module):
         return x + self.body(x)
 
 
+#: db2 analysis filters (``pywt.Wavelet("db2").dec_lo`` / ``dec_hi``), reversed: torch correlates, pywt convolves.
+_DB2_LOW = (0.48296291314453416, 0.8365163037378079, 0.2241438680420134, -0.12940952255126037)
+_DB2_HIGH = (-0.12940952255126037, -0.2241438680420134, 0.8365163037378079, -0.48296291314453416)
+
+
+class SliceNoiseSigma(nn.Module):
+    """Noise standard deviation of each image in a batch: :func:`scripts.noise_level.slice_noise_sigma` in torch.
+
+    Donoho's median absolute deviation of the finest db2 diagonal detail coefficients, re-estimated three times
+    without the coefficients whose local mean lies within two sigmas of the image's minimum or maximum (clipped noise
+    has a smaller spread). Written again in torch, not called through NumPy, so a network can hold it and stay
+    TorchScript-exportable and on the GPU; the test holds it to the NumPy estimate on real images.
+
+    Shapes: ``(B, 1, H, W)`` -> ``(B,)``; images smaller than 4x4 get 0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        low, high = torch.tensor(_DB2_LOW), torch.tensor(_DB2_HIGH)
+        self.register_buffer("filters", torch.stack([torch.outer(low, low), torch.outer(high, high)])[:, None], False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2], x.shape[-1]) < 4:
+            return x.new_zeros(x.shape[0])
+        x = x.detach().float()
+        bands = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), self.filters.to(x.dtype), stride=2)
+        local_mean, diagonal = bands[:, 0].flatten(1) / 2.0, bands[:, 1].flatten(1).abs()
+        low, high = x.flatten(1).amin(1, keepdim=True), x.flatten(1).amax(1, keepdim=True)
+        sigma = diagonal.median(1).values / 0.6745
+        refining = torch.ones_like(sigma, dtype=torch.bool)
+        for _ in range(3):
+            margin = 2.0 * sigma[:, None]
+            unclipped = (local_mean - low > margin) & (high - local_mean > margin)
+            refining = refining & (unclipped.float().mean(1) >= 0.05)
+            refined = torch.where(unclipped, diagonal, torch.full_like(diagonal, float("nan"))).nanmedian(1).values
+            sigma = torch.where(refining, refined / 0.6745, sigma)
+        return sigma
+
+
+class NoiseLevelFiLM(nn.Module):
+    """Scales and shifts each feature map by a learned function of the input's noise level (feature-wise linear
+    modulation): ``h * (1 + gamma(e)) + beta(e)`` for a noise-level embedding ``e``.
+
+    The projection starts at zero, so the block starts as the identity and a network trained without it loads and
+    behaves unchanged. Shapes: ``h (B, C, H, W)``, ``e (B, E)`` -> ``(B, C, H, W)``.
+    """
+
+    def __init__(self, embedding: int, channels: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(embedding, 2 * channels)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.project(embedding)[:, :, None, None].chunk(2, dim=1)
+        return h * (1.0 + gamma) + beta
+
+
+class Unconditioned(nn.Module):
+    """:class:`NoiseLevelFiLM`'s stand-in for a network without noise-level input: passes ``h`` through."""
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return h
+
+
 class DenoisingAutoencoder(nn.Module):
     """Convolutional encoder-decoder that maps a noisy slice to a clean one.
 
@@ -98,6 +167,9 @@ class DenoisingAutoencoder(nn.Module):
         fine_blocks: :class:`RefineBlock` residual blocks after the first encoder block, at the finest scale the
             network works at (the decoder's blocks all run at coarser ones): depth where the fine detail of lightly
             noised images is, at the price of ``2 * features[0] ** 2`` 3x3 multiply-adds per position each (0 = none).
+        noise_level_input: estimate the centre channel's noise sigma (:class:`SliceNoiseSigma`) and modulate every
+            encoder and decoder level by it (:class:`NoiseLevelFiLM`): one blind network that still knows how much
+            to smooth (light noise: keep texture; heavy: smooth), as FFDNet does with a level given by the user.
 
     Shapes: input ``(B, in_channels, H, W)`` with any H, W >= 1 (padded internally to a multiple of the downsampling
     factor and cropped back); output ``(B, out_channels, H, W)``. Intensities are expected in [0, 1].
@@ -117,6 +189,7 @@ class DenoisingAutoencoder(nn.Module):
         global_context: bool = False,
         refine_blocks: int = 0,
         fine_blocks: int = 0,
+        noise_level_input: bool = False,
     ) -> None:
         super().__init__()
         if (
@@ -150,6 +223,17 @@ class DenoisingAutoencoder(nn.Module):
             self.decoder.append(block)
             channels = width + (width if skip_connections else 0)
         self.head = Convolution(2, channels, out_channels * unshuffle**2, kernel_size=3, conv_only=True)
+        self.noise_level_input = noise_level_input
+        self.noise_sigma = SliceNoiseSigma() if noise_level_input else nn.Identity()
+        self.noise_embedding = (
+            nn.Sequential(nn.Linear(1, _NOISE_EMBEDDING), nn.ReLU()) if noise_level_input else nn.Identity()
+        )
+
+        def film(width: int) -> nn.Module:
+            return NoiseLevelFiLM(_NOISE_EMBEDDING, width) if noise_level_input else Unconditioned()
+
+        self.encoder_films = nn.ModuleList(film(width) for width in features)
+        self.decoder_films = nn.ModuleList(film(width) for width in reversed(features))
         self.unstem = nn.PixelShuffle(unshuffle)
         self.final = _FINAL_ACTIVATIONS[final_activation]()
 
@@ -158,16 +242,23 @@ class DenoisingAutoencoder(nn.Module):
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
         padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
         h = self.stem(padded)
+        embedding = h.new_zeros(h.shape[0], 1)
+        if self.noise_level_input:
+            centre = x[:, self.in_channels // 2 : self.in_channels // 2 + 1]
+            # log scale: 0.02 and 0.05 differ as much as 0.2 and 0.5; 0 at sigma 0.1.
+            level = torch.log(self.noise_sigma(centre).clamp(min=1e-3) / 0.1)
+            embedding = self.noise_embedding(level[:, None].to(h.dtype))
         skips = []
-        for block in self.encoder:
-            h = block(h)
+        # zip() without strict=: TorchScript (ckpt_export) has no keyword arguments there; the lists match by build.
+        for block, film in zip(self.encoder, self.encoder_films):  # noqa: B905
+            h = film(block(h), embedding)
             skips.append(h)
             h = F.max_pool2d(h, 2)
         h = self.context(h)
-        for level, block in enumerate(self.decoder):  # indexing, not zip(reversed()): TorchScript (ckpt_export)
-            h = F.interpolate(block(h), scale_factor=2.0, mode="nearest")
+        for block, film in zip(self.decoder, self.decoder_films):  # noqa: B905
+            h = F.interpolate(film(block(h), embedding), scale_factor=2.0, mode="nearest")
             if self.skip_connections:
-                h = torch.cat([h, skips[-1 - level]], dim=1)
+                h = torch.cat([h, skips.pop()], dim=1)  # deepest first
         out = self.unstem(self.head(h))
         if self.residual:
             centre = self.in_channels // 2
