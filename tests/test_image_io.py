@@ -137,6 +137,19 @@ def test_png_round_trip_is_2d(tmp_path, ct_slice):
     np.testing.assert_array_equal(result.array, picture.array)
 
 
+@pytest.mark.parametrize("written, named", [(".jpg", ".png"), (".png", ".jpg"), (".tif", ".png"), (".bmp", ".tiff")])
+def test_picture_is_read_by_its_content_whatever_its_extension(tmp_path, ct_slice, written, named):
+    """Collections gathered from papers hold JPEGs named .png; each is read as what it is, not refused."""
+    grey = (ct_slice * 255).round().astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(tmp_path / f"slice{written}"))
+    (tmp_path / f"slice{written}").rename(tmp_path / f"misnamed{named}")
+    result = read_image(tmp_path / f"misnamed{named}").array
+    if written == ".jpg":  # lossy
+        assert result.shape == grey.shape and np.abs(result.astype(int) - grey).mean() < 3
+    else:
+        np.testing.assert_array_equal(result, grey)
+
+
 def test_names_handle_double_extensions():
     assert extension("a/b/brain.NII.GZ") == ".nii.gz"
     assert stem("a/b/brain.nii.gz") == "brain"

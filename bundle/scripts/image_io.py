@@ -19,9 +19,19 @@ import SimpleITK as sitk
 from .errors import ImageReadError, ImageWriteError, InvalidImageError
 
 _NETPBM = (".pgm", ".ppm", ".pnm")
+#: Picture formats by their first bytes: a JPEG saved as ``.png`` (common in image collections put together from
+#: papers and web pages) is read by its content, which ITK does only for some formats.
+_PICTURE_SIGNATURES = {
+    b"\x89PNG": "PNGImageIO",
+    b"\xff\xd8\xff": "JPEGImageIO",
+    b"II*\x00": "TIFFImageIO",
+    b"MM\x00*": "TIFFImageIO",
+    b"BM": "BMPImageIO",
+}
+_PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 READ_EXTENSIONS = (
     ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima",
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *_NETPBM,
+    *_PICTURES, *_NETPBM,
 )  # fmt: skip
 #: Single-file formats that keep geometry (NIfTI, NRRD, MHA) and 2D picture formats for 2D images.
 WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".png", ".tif", ".tiff")
@@ -141,6 +151,12 @@ def _read_file(path: Path) -> tuple[sitk.Image, str]:
         return _read_netpbm(path), ""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    if extension(path) in _PICTURES:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        image_io = next((io for magic, io in _PICTURE_SIGNATURES.items() if head.startswith(magic)), None)
+        if image_io:
+            reader.SetImageIO(image_io)
     try:
         with _sitk_quiet():
             reader.ReadImageInformation()
