@@ -122,3 +122,42 @@ def test_psnr_loss_is_the_negative_mean_psnr_and_weighs_light_noise_like_heavy(c
     assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="eps"):
         PSNRLoss(eps=0)
+
+
+def test_average_config_averages_from_the_loaded_weights_and_saves_them(tmp_path):
+    """With continue.yaml the average starts from the checkpoint, not the network's random initialisation: at
+    learning rate 0 the averaged weights are the checkpoint's; with learning, they lag behind the trained network."""
+    _, inference = read_bundle_config(BUNDLE)
+    start = build_network(inference["network_def"])
+    checkpoint = tmp_path / "start.pt"
+    torch.save(start.state_dict(), checkpoint)
+    configs = [str(BUNDLE / "configs" / name) for name in ("train.yaml", "continue.yaml", "average.yaml")]
+    averaged = {}
+    for learning_rate in (0.0, 0.01):
+        workflow = ConfigWorkflow(
+            config_file=configs,
+            meta_file=str(BUNDLE / "configs" / "metadata.json"),
+            logging_file=False,
+            workflow_type="train",
+            **{
+                "init_checkpoint": str(checkpoint),
+                "output_dir": str(tmp_path / "runs"),
+                "ckpt_dir": str(tmp_path / f"models_{learning_rate}"),
+                "max_slices_per_volume": 1,
+                "patch_size": 32,
+                "learning_rate": learning_rate,
+                "average_momentum": 0.5,
+                "train#trainer#max_epochs": 1,
+            },
+        )
+        workflow.initialize()
+        workflow.run()
+        trained = {k: v.cpu() for k, v in workflow.parser.get_parsed_content("network").state_dict().items()}
+        workflow.finalize()
+        averaged[learning_rate] = torch.load(tmp_path / f"models_{learning_rate}" / "model_averaged.pt")
+        assert averaged[learning_rate].keys() == trained.keys()
+    weights = [name for name in start.state_dict() if name.endswith(("weight", "bias"))]
+    for name in weights:
+        assert torch.equal(averaged[0.0][name].cpu(), start.state_dict()[name]), name
+    assert any(not torch.equal(averaged[0.01][name].cpu(), trained[name]) for name in weights), "an average lags"
+    assert any(not torch.equal(averaged[0.01][name].cpu(), start.state_dict()[name]) for name in weights), "it moves"
