@@ -364,27 +364,6 @@ def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_l
         loss(noisy, target)
 
 
-def test_censored_posterior_loss_learns_the_value_before_clipping_where_the_plain_one_learns_the_clipped_mean():
-    """Clean black (0) under Gaussian noise of sigma 0.5 clipped to [0, 1]: half of the noisy values sit at 0 and the
-    rest average about 0.4, so the plain posterior loss puts the mean near 0.2; the censored one near 0."""
-    from scripts.selfsupervised import BlindSpotPosteriorLoss
-
-    sigma = 0.5
-    noisy = parse_noise(f"gaussian:factor={sigma}").set_random_state(seed=0)(np.zeros((1, 1, 64, 64), np.float32))
-    noisy = torch.from_numpy(noisy)
-    target = torch.cat([noisy, torch.ones_like(noisy), torch.full_like(noisy, sigma)], dim=1)
-    levels = np.linspace(-0.2, 0.4, 121)
-
-    def best(loss: BlindSpotPosteriorLoss) -> float:
-        prior = torch.full_like(noisy, -10.0)  # no clean-value spread: black everywhere
-        return levels[
-            np.argmin([float(loss(torch.cat([torch.full_like(noisy, v), prior], 1), target)) for v in levels])
-        ]
-
-    assert best(BlindSpotPosteriorLoss(censored=True)) == pytest.approx(0.0, abs=0.03)
-    assert best(BlindSpotPosteriorLoss()) == pytest.approx(sigma / np.sqrt(2 * np.pi), abs=0.03)
-
-
 def test_a_single_output_blind_spot_network_grows_a_prior_channel_without_changing_its_mean(noisy_ct):
     from scripts.selfsupervised import with_prior_channel
 

@@ -258,17 +258,7 @@ class BlindSpotPosteriorLoss(nn.Module):
     variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma). A squared
     error counts relative to the predicted variance, so lightly and heavily noised slices weigh alike (as with
     ``BlindSpotLoss(normalized=True)``).
-
-    Args:
-        censored: a noisy value at 0 or 1 counts as "at most 0" / "at least 1" of ``N(mean, prior + sigma^2)`` (its
-            log-probability, the Tobit likelihood) instead of as an exact value: noise clipped to [0, 1] is biased
-            near the bounds (clean black under noise of sigma 0.5 averages 0.2 once clipped), and the plain loss
-            learns that bias as the clean value. The censored one learns the value before clipping.
     """
-
-    def __init__(self, censored: bool = False) -> None:
-        super().__init__()
-        self.censored = censored
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape[1] != 2 or target.shape[1] != 3:
@@ -280,11 +270,6 @@ class BlindSpotPosteriorLoss(nn.Module):
         noisy, mask, sigma = target[:, :1], target[:, 1:2], target[:, 2:3].clamp(min=1e-3)
         variance = log_prior.exp() + sigma**2
         errors = 0.5 * ((noisy - mean) ** 2 / variance + variance.log())
-        if self.censored:
-            spread = variance.sqrt()
-            below = -torch.special.log_ndtr(-mean / spread)  # -log P(value before clipping <= 0)
-            above = -torch.special.log_ndtr((mean - 1.0) / spread)  # -log P(value before clipping >= 1)
-            errors = torch.where(noisy <= 0.0, below, torch.where(noisy >= 1.0, above, errors))
         return _masked_mean(errors, mask)
 
 
