@@ -77,6 +77,15 @@ class RefineBlock(nn.Module):
         return x + self.body(x)
 
 
+# The noise readout's constants, shared by SliceNoiseSigma and scripts.noise_level.slice_noise_sigma (defined here:
+# noise_level imports the engine, which imports this module).
+#: Donoho's constant: the median absolute value of a standard normal variable.
+MAD_TO_SIGMA = 0.6745
+#: Coefficients whose local mean is closer than this many sigmas to the slice's extremes may hold clipped noise.
+CLIP_MARGIN = 2.0
+REFINEMENTS = 3
+#: Keep refining only while at least this fraction of the coefficients is far from the extremes.
+MIN_USABLE_FRACTION = 0.05
 #: db2 analysis filters (``pywt.Wavelet("db2").dec_lo`` / ``dec_hi``), reversed: torch correlates, pywt convolves.
 _DB2_LOW = (0.48296291314453416, 0.8365163037378079, 0.2241438680420134, -0.12940952255126037)
 _DB2_HIGH = (-0.12940952255126037, -0.2241438680420134, 0.8365163037378079, -0.48296291314453416)
@@ -97,6 +106,9 @@ class SliceNoiseSigma(nn.Module):
         super().__init__()
         low, high = torch.tensor(_DB2_LOW), torch.tensor(_DB2_HIGH)
         self.register_buffer("filters", torch.stack([torch.outer(low, low), torch.outer(high, high)])[:, None], False)
+        # Attributes, not the module's globals: TorchScript reads no global floats.
+        self.mad_to_sigma, self.clip_margin, self.min_usable_fraction = MAD_TO_SIGMA, CLIP_MARGIN, MIN_USABLE_FRACTION
+        self.refinements = REFINEMENTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2], x.shape[-1]) < 4:
@@ -105,14 +117,14 @@ class SliceNoiseSigma(nn.Module):
         bands = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), self.filters.to(x.dtype), stride=2)
         local_mean, diagonal = bands[:, 0].flatten(1) / 2.0, bands[:, 1].flatten(1).abs()
         low, high = x.flatten(1).amin(1, keepdim=True), x.flatten(1).amax(1, keepdim=True)
-        sigma = diagonal.median(1).values / 0.6745
+        sigma = diagonal.median(1).values / self.mad_to_sigma
         refining = torch.ones_like(sigma, dtype=torch.bool)
-        for _ in range(3):
-            margin = 2.0 * sigma[:, None]
+        for _ in range(self.refinements):
+            margin = self.clip_margin * sigma[:, None]
             unclipped = (local_mean - low > margin) & (high - local_mean > margin)
-            refining = refining & (unclipped.float().mean(1) >= 0.05)
+            refining = refining & (unclipped.float().mean(1) >= self.min_usable_fraction)
             refined = torch.where(unclipped, diagonal, torch.full_like(diagonal, float("nan"))).nanmedian(1).values
-            sigma = torch.where(refining, refined / 0.6745, sigma)
+            sigma = torch.where(refining, refined / self.mad_to_sigma, sigma)
         return sigma
 
 

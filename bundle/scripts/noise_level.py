@@ -22,14 +22,8 @@ import pywt
 from .engine import check_volume
 from .errors import InvalidImageError
 from .intensity import IntensityWindow
+from .networks import CLIP_MARGIN, MAD_TO_SIGMA, MIN_USABLE_FRACTION, REFINEMENTS
 
-#: Donoho's constant: the median absolute value of a standard normal variable.
-_MAD_TO_SIGMA = 0.6745
-#: Coefficients whose local mean is closer than this many sigmas to the slice's extremes may hold clipped noise.
-_CLIP_MARGIN = 2.0
-_REFINEMENTS = 3
-#: Keep refining only while at least this fraction of the coefficients is far from the extremes.
-_MIN_USABLE_FRACTION = 0.05
 #: Bound on the log prior variance a posterior blind-spot network predicts (e^-16: a standard deviation of 3e-4).
 LOG_PRIOR_BOUND = 16.0
 #: Smallest slice side the wavelet transform can measure.
@@ -55,12 +49,12 @@ def slice_noise_sigma(image: np.ndarray) -> float:
     approximation, (_, _, diagonal) = pywt.dwt2(image, "db2")
     local_mean = approximation / 2.0  # the db2 low-pass filter sums to sqrt(2) along each axis
     low, high = image.min(), image.max()
-    sigma = np.median(np.abs(diagonal)) / _MAD_TO_SIGMA
-    for _ in range(_REFINEMENTS):
-        unclipped = (local_mean - low > _CLIP_MARGIN * sigma) & (high - local_mean > _CLIP_MARGIN * sigma)
-        if unclipped.sum() < _MIN_USABLE_FRACTION * unclipped.size:
+    sigma = np.median(np.abs(diagonal)) / MAD_TO_SIGMA
+    for _ in range(REFINEMENTS):
+        unclipped = (local_mean - low > CLIP_MARGIN * sigma) & (high - local_mean > CLIP_MARGIN * sigma)
+        if unclipped.sum() < MIN_USABLE_FRACTION * unclipped.size:
             break
-        sigma = np.median(np.abs(diagonal[unclipped])) / _MAD_TO_SIGMA
+        sigma = np.median(np.abs(diagonal[unclipped])) / MAD_TO_SIGMA
     return float(sigma)
 
 
