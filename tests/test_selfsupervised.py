@@ -297,6 +297,22 @@ def test_adaptation_to_correlated_noise_hides_blocks_and_beats_the_shipped_model
     assert adapted_psnr > shipped_psnr + 2.0, (shipped_psnr, adapted_psnr)  # measured: 21.6 -> 30.5 dB
 
 
+def test_adaptation_hides_blocks_when_only_the_scale_ratio_sees_correlated_noise(ct_slice, monkeypatch):
+    """A model can remove so much of correlated noise that its residual looks white (0.7.0 on a radiograph: 0.13);
+    the model-free wavelet scale ratio still chooses blocks then, and alone it does not choose them for white noise."""
+    import scripts.selfsupervised as selfsupervised
+
+    monkeypatch.setattr(selfsupervised, "residual_correlation", lambda noisy, prediction: 0.0)
+    clean = center_crop(ct_slice, 128)
+    window = IntensityWindow(0.0, 1.0)
+    model = load_bundle(device="cpu")
+    for spec, span in (("correlated:std=0.1,width=1", 3), ("gaussian:factor=0.1,mean=0,std=1", 0)):
+        noisy = parse_noise(spec).set_random_state(seed=0)(clean)
+        record = adapt_model(model, noisy, window, max_steps=1).metadata["adaptation"]
+        assert record["residual_correlation"] == 0.0 and record["span"] == span, (spec, record)
+        assert (record["noise_scale_ratio"] > selfsupervised.CORRELATED_SCALE_RATIO) == (span == 3), record
+
+
 def test_censored_loss_learns_black_as_black_where_plain_squared_error_learns_grey():
     """Clean black (0) under Gaussian noise of sigma 0.1 clipped to [0, 1]: half of the noisy values sit at 0 and the
     rest average 0.08. Over constant predictions, the squared error is smallest near 0.04; the censored loss near 0."""
