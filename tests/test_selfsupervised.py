@@ -16,7 +16,14 @@ from scripts.intensity import IntensityWindow
 from scripts.metrics import image_metrics
 from scripts.networks import DenoisingAutoencoder
 from scripts.noise import parse_noise
-from scripts.selfsupervised import BlindSpotLoss, BlindSpotMask, BlindSpotMaskd, adapt_model, noisy_only
+from scripts.selfsupervised import (
+    CORRELATED_RESIDUAL,
+    BlindSpotLoss,
+    BlindSpotMask,
+    BlindSpotMaskd,
+    adapt_model,
+    noisy_only,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -291,7 +298,8 @@ def test_adaptation_to_correlated_noise_hides_blocks_and_beats_the_shipped_model
     noisy = parse_noise("correlated:std=0.1,width=1").set_random_state(seed=0)(clean)
     adapted = adapt_model(model, noisy, window, seconds=600, max_steps=100)
     record = adapted.metadata["adaptation"]
-    assert record["span"] == 3 and record["residual_correlation"] > 0.3
+    # the residual alone sees the correlation (0.8.0: above 0.3, 0.9.0: 0.28), without the scale ratio's help
+    assert record["span"] == 3 and record["residual_correlation"] > CORRELATED_RESIDUAL
     shipped_psnr = image_metrics(denoise_volume(noisy, model, window, float_output=True), clean)["psnr"]
     adapted_psnr = image_metrics(denoise_volume(noisy, adapted, window, float_output=True), clean)["psnr"]
     assert adapted_psnr > shipped_psnr + 2.0, (shipped_psnr, adapted_psnr)  # measured: 21.6 -> 30.5 dB

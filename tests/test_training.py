@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE
@@ -161,3 +162,37 @@ def test_average_config_averages_from_the_loaded_weights_and_saves_them(tmp_path
         assert torch.equal(averaged[0.0][name].cpu(), start.state_dict()[name]), name
     assert any(not torch.equal(averaged[0.01][name].cpu(), trained[name]) for name in weights), "an average lags"
     assert any(not torch.equal(averaged[0.01][name].cpu(), start.state_dict()[name]) for name in weights), "it moves"
+
+
+def test_black_level_lift_keeps_white_and_order_and_leaves_the_input(ct_slice):
+    from scripts.intensity import RandLiftBlackLevel
+
+    lifter = RandLiftBlackLevel(prob=1.0, lifts=(0.2, 0.3))
+    lifter.set_random_state(0)
+    before = ct_slice.copy()
+    lifted = lifter(ct_slice)
+    assert np.array_equal(ct_slice, before), "the input was modified"
+    assert lifted.dtype == ct_slice.dtype and lifted.shape == ct_slice.shape
+    assert 0.2 <= lifter.lift <= 0.3
+    assert lifted.min() == pytest.approx(lifter.lift + (1 - lifter.lift) * ct_slice.min(), abs=1e-6)
+    assert lifted.max() == pytest.approx(ct_slice.max(), abs=1e-6)  # white stays where it was
+    order = np.argsort(ct_slice.ravel(), kind="stable")
+    assert np.all(np.diff(lifted.ravel()[order]) >= -1e-6), "the remap must keep the order of intensities"
+    with pytest.raises(ValueError, match="within"):
+        RandLiftBlackLevel(lifts=(0.5, 1.0))
+
+
+def test_black_level_lift_dict_version_lifts_every_key_alike_with_its_probability(ct_slice):
+    from scripts.intensity import RandLiftBlackLeveld
+
+    lifter = RandLiftBlackLeveld(keys=["label", "other"], prob=0.5, lifts=(0.1, 0.4)).set_random_state(0)
+    lifted = 0
+    for _ in range(40):
+        out = lifter({"label": ct_slice, "other": ct_slice})
+        assert np.array_equal(out["label"], out["other"]), "one draw per call, the same lift for every key"
+        lifted += not np.array_equal(out["label"], ct_slice)
+    assert 10 <= lifted <= 30, f"{lifted} of 40 lifted at prob 0.5"
+    again = RandLiftBlackLeveld(keys="label", prob=0.5).set_random_state(0)
+    first = [again({"label": ct_slice})["label"].min() for _ in range(5)]
+    again.set_random_state(0)
+    assert first == [again({"label": ct_slice})["label"].min() for _ in range(5)], "seeded draws must repeat"
