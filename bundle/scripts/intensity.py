@@ -89,10 +89,10 @@ class RandLiftBlackLevel(RandomizableTransform):
     a window whose low end lies above the background (bundle 0.8.0 on the embedded head CT, 0.2 N(0, 1): 14.75 ->
     12.96 dB on its central 256^2 crop, output 0.22 too dark). Applied to the clean image before the noise, so the
     pair teaches that zero-mean noise also occurs on images with a raised black level. Measured (run T, a fifth of the
-    patches lifted): that crop 12.5 -> 15.4 dB, a whole CT slice lifted by 0.3 29.6 -> 31.4 dB, at a cost of 0.5-3 dB
-    at the offset and Poisson settings, so ``train.yaml`` leaves it off (``black_level_prob: 0``). White stays at 1,
-    nothing leaves [0, 1]; MONAI's RandShiftIntensity + RandScaleIntensity draw shift and scale independently and
-    would clip highlights.
+    patches lifted, against run S): that crop 12.5 -> 15.4 dB, a CT slice lifted by 0.3 29.6 -> 31.4 dB, costing
+    0.5-3 dB at the offset and Poisson settings, so ``train.yaml`` leaves it off (``black_level_prob: 0``). White
+    stays at 1, nothing leaves [0, 1]; MONAI's RandShiftIntensity + RandScaleIntensity draw shift and scale
+    independently and would clip highlights.
 
     Args:
         prob: probability of lifting an image.
