@@ -32,7 +32,7 @@ sys.path.insert(0, str(BUNDLE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
+from monai.bundle import ConfigParser  # noqa: E402
 from skimage.restoration import estimate_sigma  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -48,8 +48,12 @@ from scripts.report import plot_comparison, write_atomic  # noqa: E402
 from scripts.selfsupervised import adapt_model  # noqa: E402
 
 GAUSSIAN_SETTINGS = [spec for spec in DEFAULT_SETTINGS if spec.startswith("gaussian")]
-#: The self-supervised training config first: it may pin its own network.
-CONFIGS = ("train_selfsupervised.yaml", "train.yaml")
+#: Per self-supervised objective: the training configs in the order they are layered (the last one's network counts),
+#: and whether the network has a blind spot (the engine then blends its output with the noisy pixel).
+OBJECTIVES = {
+    "blind-spot": (("train.yaml", "train_selfsupervised.yaml"), True),
+    "recorrupted": (("train.yaml", "train_selfsupervised.yaml", "recorrupted.yaml"), False),
+}
 #: Benchmark slices are already on the [0, 1] scale.
 UNIT_WINDOW = IntensityWindow(0.0, 1.0)
 
@@ -62,18 +66,22 @@ def _benchmark_script():
     return module
 
 
-def load_selfsupervised(checkpoint: Path, device: torch.device) -> LoadedModel:
-    """The checkpoint's weights in the network of ``train_selfsupervised.yaml`` (or of ``train.yaml`` it extends)."""
+def load_selfsupervised(checkpoint: Path, device: torch.device, objective: str = "blind-spot") -> LoadedModel:
+    """The checkpoint's weights in the network of the training configs of ``objective`` (:data:`OBJECTIVES`)."""
+    configs, blind_spot = OBJECTIVES[objective]
     if not checkpoint.is_file():
         raise BundleError(
-            f"{checkpoint}: no self-supervised checkpoint; train one with train_selfsupervised.yaml (see README)"
+            f"{checkpoint}: no self-supervised checkpoint; train one with {' + '.join(configs)} (see README)"
         )
-    configs = [yaml.safe_load((BUNDLE / "configs" / name).read_text()) for name in CONFIGS]
-    network = build_network(next(config["network_def"] for config in configs if "network_def" in config))
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
+    network = build_network(parser.get("network_def"))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     context = getattr(network, "in_channels", 1) // 2
-    return LoadedModel(network.to(device).eval(), device, context=context, source=str(checkpoint), blind_spot=True)
+    return LoadedModel(
+        network.to(device).eval(), device, context=context, source=str(checkpoint), blind_spot=blind_spot
+    )
 
 
 def denoise(model: LoadedModel, image: np.ndarray, views: int = 1) -> np.ndarray:
@@ -194,7 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--selfsupervised",
         type=Path,
         default=BUNDLE / "models" / "model_selfsupervised.pt",
-        help="checkpoint trained with train_selfsupervised.yaml",
+        help="checkpoint trained with train_selfsupervised.yaml (and recorrupted.yaml for --objective recorrupted)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=sorted(OBJECTIVES),
+        default="blind-spot",
+        help="how the self-supervised checkpoint was trained (default blind-spot)",
     )
     parser.add_argument("--bundle", default=None, help="bundle folder of the shipped model (default: this bundle)")
     parser.add_argument(
@@ -219,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         device = torch.device("cpu")
         shipped = load_bundle(args.bundle, device=device)
-        selfsupervised = load_selfsupervised(args.selfsupervised, device)
+        selfsupervised = load_selfsupervised(args.selfsupervised, device, args.objective)
         slices = _benchmark_script().benchmark_slices(args.data, args.max_slices)
         results = {
             "data": args.data,

@@ -21,8 +21,11 @@ from scripts.selfsupervised import (
     BlindSpotLoss,
     BlindSpotMask,
     BlindSpotMaskd,
+    Recorruptd,
     adapt_model,
+    mean_channel_only,
     noisy_only,
+    with_prior_channel,
 )
 
 
@@ -142,13 +145,22 @@ class CleanSlice:
         raise AssertionError(f"the clean image was used ({name}) outside the noising step")
 
 
-def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path):
+@pytest.mark.parametrize(
+    ("objective", "metric", "checkpoint_name"),
+    [
+        ([], "val_blind_spot_loss", "model_selfsupervised.pt"),
+        (["recorrupted.yaml"], "val_recorrupted_loss", "model_recorrupted.pt"),
+    ],
+    ids=["blind-spot", "recorrupted"],
+)
+def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path, objective, metric, checkpoint_name):
     from monai.bundle import ConfigParser
 
     slices = load_slices(embedded["validation"], progress=False)  # real 128x128 CT and 64x64 MR slices
     tripwires = {"train": [], "validate": []}
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(BUNDLE / "configs" / "train_selfsupervised.yaml")])
+    configs = ["train.yaml", "train_selfsupervised.yaml", *objective]
+    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
     for section, wires in tripwires.items():
         wires.extend(CleanSlice(item["label"]) for item in slices)
         parser[f"{section}#slices"] = [{**item, "label": wire} for item, wire in zip(slices, wires, strict=True)]
@@ -156,13 +168,13 @@ def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path):
     parser["train#trainer#max_epochs"] = 2
     trainer = parser.get_parsed_content("train#trainer")
     evaluator = parser.get_parsed_content("validate#evaluator")
-    evaluator.run()  # the untrained network's blind-spot loss
-    untrained = evaluator.state.metrics["val_blind_spot_loss"]
+    evaluator.run()  # the untrained network's self-supervised loss
+    untrained = evaluator.state.metrics[metric]
     trainer.run()
     assert all(wire.reads == 1 for wires in tripwires.values() for wire in wires)
     assert np.isfinite(float(trainer.state.output[0]["loss"]))
-    assert evaluator.state.metrics["val_blind_spot_loss"] < untrained, "noisy images alone taught it something"
-    checkpoint = tmp_path / "model_selfsupervised.pt"
+    assert evaluator.state.metrics[metric] < untrained, "noisy images alone taught it something"
+    checkpoint = tmp_path / checkpoint_name
     build_network(parser.get("network_def")).load_state_dict(torch.load(checkpoint, weights_only=True))
 
 
@@ -389,8 +401,6 @@ def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_l
 
 
 def test_a_single_output_blind_spot_network_grows_a_prior_channel_without_changing_its_mean(noisy_ct):
-    from scripts.selfsupervised import with_prior_channel
-
     _, noisy = noisy_ct
     torch.manual_seed(0)
     single = DenoisingAutoencoder(features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None).eval()
@@ -403,3 +413,28 @@ def test_a_single_output_blind_spot_network_grows_a_prior_channel_without_changi
         mean, log_prior = posterior(image)[0]
         torch.testing.assert_close(mean, single(image)[0, 0])
     torch.testing.assert_close(log_prior, torch.full_like(log_prior, -7.0))
+
+
+def test_mean_channel_only_undoes_growing_a_prior_channel():
+    single = DenoisingAutoencoder(features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None)
+    state = single.state_dict()
+    for name, tensor in mean_channel_only(with_prior_channel(state)).items():
+        torch.testing.assert_close(tensor, state[name], msg=name)
+
+
+def test_recorrupted_copies_have_independent_noise_around_the_clean_image(noisy_ct):
+    """The point of the objective: the input's and the target's noise are uncorrelated (hence independent for
+    Gaussian noise), each with the variance the recorruption promises, so the target carries no trace of the input's
+    noise and the best prediction of it is the clean image."""
+    clean = np.full((1, 256, 256), 0.5, dtype=np.float32)  # mid-grey: the noise is not clipped anywhere
+    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
+    noise.set_random_state(seed=1)
+    noisy = noise(clean)
+    original = noisy.copy()
+    pair = Recorruptd("image", alpha=0.5, clip_input=False).set_random_state(seed=0)({"image": noisy, "sigma": 0.1})
+    input_noise, target_noise = (pair[key][0] - clean[0] for key in ("image", "label"))
+    assert input_noise.std() == pytest.approx(0.1 * np.sqrt(1 + 0.5**2), rel=0.02)
+    assert target_noise.std() == pytest.approx(0.1 * np.sqrt(1 + 1 / 0.5**2), rel=0.02)
+    assert abs(np.corrcoef(input_noise.ravel(), target_noise.ravel())[0, 1]) < 0.01
+    assert np.corrcoef((noisy - clean).ravel(), input_noise.ravel())[0, 1] > 0.8  # the same scan, recorrupted
+    np.testing.assert_array_equal(noisy, original)  # the item's noisy image is not modified in place
