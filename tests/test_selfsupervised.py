@@ -422,7 +422,7 @@ def test_mean_channel_only_undoes_growing_a_prior_channel():
         torch.testing.assert_close(tensor, state[name], msg=name)
 
 
-def test_recorrupted_copies_have_independent_noise_around_the_clean_image(noisy_ct):
+def test_recorrupted_copies_have_independent_noise_around_the_clean_image():
     """The point of the objective: the input's and the target's noise are uncorrelated (hence independent for
     Gaussian noise), each with the variance the recorruption promises, so the target carries no trace of the input's
     noise and the best prediction of it is the clean image."""
@@ -438,3 +438,19 @@ def test_recorrupted_copies_have_independent_noise_around_the_clean_image(noisy_
     assert abs(np.corrcoef(input_noise.ravel(), target_noise.ravel())[0, 1]) < 0.01
     assert np.corrcoef((noisy - clean).ravel(), input_noise.ravel())[0, 1] > 0.8  # the same scan, recorrupted
     np.testing.assert_array_equal(noisy, original)  # the item's noisy image is not modified in place
+
+
+def test_recorruption_clips_the_input_only():
+    """By default the input copy is clipped to [0, 1], as every image at inference is; the target keeps its unclipped
+    noise (clipping it would bias the objective)."""
+    clean = np.zeros((1, 64, 64), dtype=np.float32)
+    clean[:, :, 32:] = 1.0  # black and white halves, where recorruption goes below 0 and above 1
+    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
+    noise.set_random_state(seed=0)
+    item = {"image": noise(clean), "sigma": 0.1}
+    clipped = Recorruptd("image").set_random_state(seed=0)(item)
+    unclipped = Recorruptd("image", clip_input=False).set_random_state(seed=0)(item)
+    assert unclipped["image"].min() < 0.0 and clipped["image"].min() >= 0.0 and clipped["image"].max() <= 1.0
+    np.testing.assert_array_equal(clipped["image"], unclipped["image"].clip(0.0, 1.0))
+    np.testing.assert_array_equal(clipped["label"], unclipped["label"])
+    assert clipped["label"].min() < 0.0
