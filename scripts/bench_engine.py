@@ -4,9 +4,10 @@
     python scripts/bench_engine.py [--slices 300] [--batch-size 8] [--threads N] [--device cpu] [--bundle DIR]
         [--self-ensemble 2]
 
-Prints: the machine's dense-matmul GFLOP/s; the network's FLOPs per slice and achieved GFLOP/s; NCHW vs channels-last
-and batch sizes (interleaved, best of several rounds, so other load on the machine hits each alike); seconds per
-512 x 512 slice (also with ``--self-ensemble`` views) and per 512 x 512 x N int16 volume through ``denoise_volume``;
+Prints: the machine's dense-matmul GFLOP/s in float32 and, where the engine computes in it, bfloat16; the network's
+FLOPs per slice and achieved GFLOP/s; NCHW vs channels-last, batch sizes and precisions (interleaved, best of several
+rounds, so other load on the machine hits each alike); seconds per 512 x 512 slice in each precision (also with
+``--self-ensemble`` views) and per 512 x 512 x N int16 volume through ``denoise_volume`` (the engine's precision);
 BM3D on the same slice (the classical method a careful user would pick instead) and how many times faster the engine
 is; peak resident memory against the
 budget of 3x the volume's float32 size plus the model.
@@ -33,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import bm3d  # noqa: E402
 from scripts.data import embedded_datalist  # noqa: E402
-from scripts.engine import ENSEMBLE_SIZES, denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, LoadedModel, denoise_volume, load_bundle  # noqa: E402
 from scripts.image_io import read_image  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
 
@@ -53,8 +54,8 @@ def best_seconds(candidates: dict[Hashable, Callable[[], object]], rounds: int) 
     return best
 
 
-def matmul_gflops(device: torch.device, size: int = 2048, rounds: int = 5) -> float:
-    a, b = torch.rand(size, size, device=device), torch.rand(size, size, device=device)
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, rounds: int = 5) -> float:
+    a, b = (torch.rand(size, size, device=device, dtype=dtype) for _ in range(2))
     seconds = best_seconds({"mm": lambda: torch.mm(a, b).sum().item()}, rounds)["mm"]
     return 2 * size**3 / seconds / 1e9
 
@@ -91,10 +92,13 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_bundle(args.bundle, device=args.device)
     network, device = model.network, model.device
+    # The engine's own precision ("auto") and float32 beside it, each a model of its own.
+    models = {model.precision: model, torch.float32: load_bundle(args.bundle, device=device, precision="float32")}
     print(f"machine: {psutil.cpu_count(logical=False)} cores, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, device {device}")  # fmt: skip
-    peak_matmul = matmul_gflops(device)
-    print(f"dense matmul 2048x2048 float32: {peak_matmul:.1f} GFLOP/s")
+          f"threads, device {device}, engine precision {_name(model.precision)}")  # fmt: skip
+    peak_matmul = {dtype: matmul_gflops(device, dtype) for dtype in models}
+    for dtype, gflops in peak_matmul.items():
+        print(f"dense matmul 2048x2048 {_name(dtype)}: {gflops:.1f} GFLOP/s")
 
     volume = ct_volume(args.slices)
     slices = torch.from_numpy(volume[:8, None].astype(np.float32) / 4096).to(device)  # a real-content batch
@@ -108,15 +112,23 @@ def main(argv: list[str] | None = None) -> None:
     baseline_rss = psutil.Process().memory_info().rss  # imports, model and the int16 volume itself
     view_counts = sorted({1, args.self_ensemble})
     one_slice = best_seconds(
-        {views: (lambda v=views: denoise_volume(volume[:1], model, views=v)) for views in view_counts}, args.rounds
+        {
+            (dtype, views): (lambda m=each, v=views: denoise_volume(volume[:1], m, views=v))
+            for dtype, each in models.items()
+            for views in view_counts
+        },
+        args.rounds,
     )
-    for views, seconds in one_slice.items():
-        print(f"engine, one 512x512 int16 slice, {views} view(s): {seconds:.3f} s")
+    for (dtype, views), seconds in one_slice.items():
+        print(f"engine, one 512x512 int16 slice, {_name(dtype)}, {views} view(s): {seconds:.3f} s")
     plane = IntensityWindow.from_data(volume[0]).forward(volume[0])  # BM3D works on the same [0, 1] scale
     start = time.perf_counter()
     bm3d(plane)  # sigma estimated from the slice, as a user without the true sigma runs it
     bm3d_seconds = time.perf_counter() - start
-    faster = ", ".join(f"{bm3d_seconds / seconds:.0f}x with {views} view(s)" for views, seconds in one_slice.items())
+    faster = ", ".join(
+        f"{bm3d_seconds / seconds:.0f}x in {_name(dtype)} with {views} view(s)"
+        for (dtype, views), seconds in one_slice.items()
+    )
     print(f"BM3D, the same slice: {bm3d_seconds:.1f} s: the engine is {faster} faster")
     with tqdm(total=len(volume), desc="512x512 volume", unit="slice") as bar:
         start = time.perf_counter()
@@ -132,16 +144,31 @@ def main(argv: list[str] | None = None) -> None:
     nchw_network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
     nchw_slices = slices.contiguous()
     sizes = (1, 2, 4, 8)
+    nchw = LoadedModel(nchw_network, device, model.context, precision=torch.float32)
     with torch.inference_mode():
-        candidates = {"NCHW batch 2": lambda: nchw_network(nchw_slices[:2])}
-        candidates.update({f"channels-last batch {n}": (lambda n=n: network(slices[:n])) for n in sizes})
+        candidates = {("NCHW", torch.float32, 2): lambda: nchw.predict(nchw_slices[:2])}
+        candidates.update(
+            {
+                ("channels-last", d, n): (lambda m=m, n=n: m.predict(slices[:n]))
+                for d, m in models.items()
+                for n in sizes
+            }
+        )
         seconds = best_seconds(candidates, args.rounds)
-    per_slice = {name: value / int(name.rsplit(" ", 1)[1]) for name, value in seconds.items()}
-    for name, value in per_slice.items():
+    per_slice = {key: value / key[2] for key, value in seconds.items()}
+    for (layout, dtype, batch), value in per_slice.items():
         gflops = flops / value / 1e9
-        print(f"network forward, {name}: {value:.3f} s/slice = {gflops:.1f} GFLOP/s ({100 * gflops / peak_matmul:.0f}% "
-              "of matmul)")  # fmt: skip
-    print(f"channels-last speed-up over NCHW: {per_slice['NCHW batch 2'] / per_slice['channels-last batch 2']:.2f}x")
+        print(f"network forward, {layout} {_name(dtype)} batch {batch}: {value:.3f} s/slice = {gflops:.1f} GFLOP/s "
+              f"({100 * gflops / peak_matmul[dtype]:.0f}% of {_name(dtype)} matmul)")  # fmt: skip
+    channels_last = per_slice[("channels-last", torch.float32, 2)]
+    print(f"float32 channels-last speed-up over NCHW: {per_slice[('NCHW', torch.float32, 2)] / channels_last:.2f}x")
+    if model.precision != torch.float32:
+        speed_up = channels_last / per_slice[("channels-last", model.precision, 2)]
+        print(f"{_name(model.precision)} speed-up over float32 (channels-last, batch 2): {speed_up:.2f}x")
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 if __name__ == "__main__":

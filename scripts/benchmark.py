@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import BASELINES, Baseline  # noqa: E402
 from scripts.data import load_slices, make_datalist, noisy_pairs  # noqa: E402
-from scripts.engine import ENSEMBLE_SIZES, LoadedModel, load_bundle, predict_self_ensemble  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, LoadedModel, load_bundle  # noqa: E402
 from scripts.errors import ImageReadError, MedDenoiseError  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
 from scripts.noise import DEFAULT_SETTINGS, noise_sigma, parse_noise  # noqa: E402
@@ -53,7 +53,7 @@ def noisy(image: np.ndarray, sigma: float | None = None) -> np.ndarray:
 
 def dae_denoiser(model: LoadedModel, views: int = 1) -> Baseline:
     """The bundle's network with the baselines' signature (sigma unused: the DAE is blind), averaged over ``views``
-    flips/rotations (:func:`scripts.engine.predict_self_ensemble`).
+    flips/rotations (:meth:`scripts.engine.LoadedModel.predict`, in the model's precision).
 
     A 2.5D network (``2k+1`` input channels) sees the slice in every channel, as the engine does at a volume's edge:
     benchmark slices come without neighbours.
@@ -63,7 +63,7 @@ def dae_denoiser(model: LoadedModel, views: int = 1) -> Baseline:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(model.device)
         batch = tensor.expand(1, 2 * model.context + 1, *tensor.shape)  # (1, C, H, W)
         with torch.inference_mode():
-            output = predict_self_ensemble(model.network, batch, views)[0, 0].float().cpu().numpy()
+            output = model.predict(batch, views)[0, 0].cpu().numpy()
         return np.clip(output, 0.0, 1.0).astype(np.float32)
 
     return dae

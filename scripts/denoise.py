@@ -27,7 +27,7 @@ sys.path.insert(0, str(BUNDLE))
 
 from tqdm import tqdm  # noqa: E402
 
-from scripts.engine import ENSEMBLE_SIZES, check_volume, denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, check_volume, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
 from scripts.image_io import WRITE_EXTENSIONS, extension, read_image, stem, write_image  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--float-output", action="store_true", help="write float32 instead of the input's dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--torchscript", action="store_true", help="run the exported models/model.ts")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="what the network computes in (default auto: bfloat16 on CPUs that have it natively, 2x faster)",
+    )
     parser.add_argument(
         "--self-ensemble",
         type=int,
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         window = IntensityWindow(*args.window) if args.window else None
         outputs = output_paths(inputs, args.output)
         check_plan(inputs, outputs, args.overwrite)
-        model = load_bundle(args.bundle, device=args.device, torchscript=args.torchscript)
+        model = load_bundle(args.bundle, device=args.device, torchscript=args.torchscript, precision=args.precision)
         if is_folder(args.output):
             Path(args.output).mkdir(parents=True, exist_ok=True)
         slices, levels = 0, []

@@ -59,7 +59,8 @@ class LoadedModel:
     to a scan, which began as a supervised network): it predicts each pixel from its neighbours only, so it
     over-smooths where the noise is low, and the engine gives back part of the input: per pixel when the network also
     predicts the clean value's variance (a second output channel, :func:`scripts.noise_level.posterior_mean`), else
-    one share per slice by the slice's noise level (:func:`scripts.noise_level.noise_share`).
+    one share per slice by the slice's noise level (:func:`scripts.noise_level.noise_share`). ``precision`` is the
+    dtype the network's convolutions run in (autocast; :func:`resolve_precision`); outputs are float32 either way.
     """
 
     network: torch.nn.Module
@@ -68,10 +69,17 @@ class LoadedModel:
     metadata: dict = dataclasses.field(default_factory=dict)
     source: str = ""
     blind_spot: bool = False
+    precision: torch.dtype = torch.float32
 
     @property
     def version(self) -> str:
         return str(self.metadata.get("version", ""))
+
+    def predict(self, batch: torch.Tensor, views: int = 1) -> torch.Tensor:
+        """The network's float32 output for ``batch`` (B, C, H, W) in [0, 1] on ``device``, computed in ``precision``
+        and averaged over ``views`` (:func:`predict_self_ensemble`); call it under ``torch.inference_mode()``."""
+        with torch.autocast(self.device.type, self.precision, enabled=self.precision != torch.float32):
+            return predict_self_ensemble(self.network, batch, views).float()
 
 
 def build_network(network_def: dict) -> torch.nn.Module:
@@ -127,10 +135,38 @@ def read_bundle_config(bundle_dir: Path) -> tuple[dict, dict]:
     raise BundleError(f"{bundle_dir}: configs/inference.yaml (or .json) is missing")
 
 
+#: Choices of :func:`resolve_precision`.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str, device: torch.device, network: torch.nn.Module | None = None) -> torch.dtype:
+    """The dtype the network computes in: ``"float32"``, ``"bfloat16"``, or ``"auto"``: bfloat16 for a residual
+    network on a CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX), float32 otherwise.
+
+    Why: on this project's AVX512-BF16 CPU, bfloat16 convolutions (oneDNN, float32 accumulation) denoise a 512x512
+    slice about 2x faster than float32 (``scripts/bench_engine.py``). A residual network predicts the noise and
+    subtracts it from the float32 input, so rounding stays relative to the noise: benchmark PSNR within 0.02 dB of
+    float32 at nine of ten settings (``bundle/docs/experiments.md``). A network that outputs the image itself would
+    have it rounded to 1/256 of its value (a few HU of banding on CT), and CPUs without native bfloat16 emulate it,
+    slower than float32: both stay float32, as CUDA does.
+    """
+    if precision not in PRECISIONS:
+        raise BundleError(f"precision must be one of {PRECISIONS}, not {precision!r}; use 'auto' unless measuring")
+    if precision == "auto":
+        native = (
+            getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+        residual = getattr(network, "residual", False)
+        return torch.bfloat16 if device.type == "cpu" and native and residual else torch.float32
+    return getattr(torch, precision)
+
+
 def load_bundle(
     bundle: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     torchscript: bool = False,
+    precision: str = "auto",
 ) -> LoadedModel:
     """Load a bundle folder's or release zip's network and weights (default: this bundle, with its shipped model).
 
@@ -139,7 +175,7 @@ def load_bundle(
 
     Weights come from ``models/model.pt`` (a state dict, loaded with ``weights_only=True``) into the network built by
     :func:`build_network`; with ``torchscript=True`` from ``models/model.ts``. The network's input channels must match
-    the metadata (``network_data_format.inputs.image.num_channels``).
+    the metadata (``network_data_format.inputs.image.num_channels``). ``precision``: see :func:`resolve_precision`.
     """
     bundle_dir = Path(bundle) if bundle else BUNDLE_ROOT
     if bundle_dir.suffix.lower() == ".zip":
@@ -170,7 +206,10 @@ def load_bundle(
     # Channels-last (NHWC) lets oneDNN run the convolutions without layout reorders: measured 1.5-2x faster per
     # 512x512 slice on CPU than the default NCHW (scripts/bench_engine.py); TorchScript freezing gained nothing more.
     network = network.to(device=device, memory_format=torch.channels_last).eval()
-    return LoadedModel(network, device, context=channels // 2, metadata=metadata, source=str(bundle_dir))
+    compute_dtype = resolve_precision(precision, device, network)
+    return LoadedModel(
+        network, device, context=channels // 2, metadata=metadata, source=str(bundle_dir), precision=compute_dtype
+    )
 
 
 def _load_weights(network: torch.nn.Module, checkpoint: Path) -> None:
@@ -327,7 +366,7 @@ def denoise_volume(
             neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
             scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            outputs = predict_self_ensemble(model.network, batch, views).float().cpu().numpy()
+            outputs = model.predict(batch, views).cpu().numpy()
             pred = outputs[:, 0]
             posterior = model.blind_spot and outputs.shape[1] == 2  # (mean, log prior variance): blend per pixel
             if posterior:
