@@ -53,6 +53,7 @@ GAUSSIAN_SETTINGS = [spec for spec in DEFAULT_SETTINGS if spec.startswith("gauss
 OBJECTIVES = {
     "blind-spot": (("train.yaml", "train_selfsupervised.yaml"), True),
     "recorrupted": (("train.yaml", "train_selfsupervised.yaml", "recorrupted.yaml"), False),
+    "sure": (("train.yaml", "train_selfsupervised.yaml", "sure.yaml"), True),
 }
 #: Benchmark slices are already on the [0, 1] scale.
 UNIT_WINDOW = IntensityWindow(0.0, 1.0)
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--selfsupervised",
         type=Path,
         default=BUNDLE / "models" / "model_selfsupervised.pt",
-        help="checkpoint trained with train_selfsupervised.yaml (and recorrupted.yaml for --objective recorrupted)",
+        help="checkpoint trained with train_selfsupervised.yaml (and the --objective's own config, e.g. sure.yaml)",
     )
     parser.add_argument(
         "--objective",

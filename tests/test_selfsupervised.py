@@ -21,7 +21,10 @@ from scripts.selfsupervised import (
     BlindSpotLoss,
     BlindSpotMask,
     BlindSpotMaskd,
+    NoiseSigmaTargetd,
     Recorruptd,
+    SureInferer,
+    SureLoss,
     adapt_model,
     mean_channel_only,
     noisy_only,
@@ -150,8 +153,9 @@ class CleanSlice:
     [
         ([], "val_blind_spot_loss", "model_selfsupervised.pt"),
         (["recorrupted.yaml"], "val_recorrupted_loss", "model_recorrupted.pt"),
+        (["continue.yaml", "sure.yaml"], "val_sure_loss", "model_sure.pt"),  # from the shipped blind-spot model
     ],
-    ids=["blind-spot", "recorrupted"],
+    ids=["blind-spot", "recorrupted", "sure"],
 )
 def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path, objective, metric, checkpoint_name):
     from monai.bundle import ConfigParser
@@ -165,7 +169,9 @@ def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path, obj
         wires.extend(CleanSlice(item["label"]) for item in slices)
         parser[f"{section}#slices"] = [{**item, "label": wire} for item, wire in zip(slices, wires, strict=True)]
     parser.update({"ckpt_dir": str(tmp_path), "output_dir": str(tmp_path), "batch_size": 4, "patch_size": 32})
-    parser["train#trainer#max_epochs"] = 2
+    if "continue.yaml" in objective:
+        parser.update({"init_checkpoint": str(BUNDLE / "models" / "model_selfsupervised.pt"), "learning_rate": 1e-4})
+    parser["train#trainer#max_epochs"] = 6
     trainer = parser.get_parsed_content("train#trainer")
     evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()  # the untrained network's self-supervised loss
@@ -454,3 +460,42 @@ def test_recorruption_clips_the_input_only():
     np.testing.assert_array_equal(clipped["image"], unclipped["image"].clip(0.0, 1.0))
     np.testing.assert_array_equal(clipped["label"], unclipped["label"])
     assert clipped["label"].min() < 0.0
+
+
+def _gaussian_blur(sigma_px: float) -> torch.nn.Conv2d:
+    """A fixed 7x7 Gaussian blur as a network: linear, so its divergence is known (its centre weight per pixel)."""
+    grid = torch.arange(-3, 4, dtype=torch.float32)
+    kernel = torch.exp(-(grid[:, None] ** 2 + grid[None] ** 2) / (2 * sigma_px**2))
+    blur = torch.nn.Conv2d(1, 1, 7, padding=3, padding_mode="reflect", bias=False)
+    blur.weight.data = (kernel / kernel.sum())[None, None]
+    return blur.requires_grad_(False)
+
+
+@pytest.mark.parametrize("sigma_px", [0.7, 1.5])
+def test_sure_loss_estimates_the_clean_error_without_the_clean_image(ct_slice, sigma_px):
+    """On a real CT crop with Gaussian noise, SURE (from the noisy image and sigma only) matches the blur's true
+    squared error to the clean image, divided by the noise variance, within 0.03; the noisy input's own term alone
+    (no divergence) would be off by about twice the blur's centre weight."""
+    clean = torch.from_numpy(0.25 + 0.5 * center_crop(ct_slice, 128))[None, None]  # away from 0 and 1: no clipping
+    sigma, blur, torch_rng = 0.05, _gaussian_blur(sigma_px), torch.manual_seed(0)
+    noisy = clean + sigma * torch.randn((16, 1, 128, 128), generator=torch_rng)
+    target = NoiseSigmaTargetd("image")({"image": noisy.numpy()[:, 0], "sigma": sigma})["label"]
+    assert target.shape == (2, 128, 128) and np.all(target[1] == np.float32(sigma))
+    targets = torch.stack([torch.cat([image, torch.full_like(image, sigma)]) for image in noisy])
+    estimate = SureLoss()(SureInferer()(noisy, blur), targets).item()
+    true = (((blur(noisy) - clean) ** 2).flatten(1).mean(1) / sigma**2).mean().item()
+    centre_weight = blur.weight[0, 0, 3, 3].item()
+    assert estimate == pytest.approx(true, abs=0.03)
+    assert abs(estimate - true) < 0.1 * 2 * centre_weight
+
+
+def test_sure_inferer_returns_the_output_and_its_divergence():
+    """Channel 0 is the network's output; channel 1 averages to the divergence per pixel: 1 for the identity, 0 for a
+    constant, ``c`` for a scaling by ``c``."""
+    torch.manual_seed(0)
+    image = torch.rand(8, 1, 64, 64)
+    for network, divergence in ((torch.nn.Identity(), 1.0), (lambda x: 0.3 * x, 0.3), (lambda x: 0 * x + 0.5, 0.0)):
+        out = SureInferer()(image, network)
+        assert out.shape == (8, 2, 64, 64)
+        torch.testing.assert_close(out[:, :1], network(image))
+        assert out[:, 1].mean().item() == pytest.approx(divergence, abs=0.03)
