@@ -196,3 +196,42 @@ def test_black_level_lift_dict_version_lifts_every_key_alike_with_its_probabilit
     first = [again({"label": ct_slice})["label"].min() for _ in range(5)]
     again.set_random_state(0)
     assert first == [again({"label": ct_slice})["label"].min() for _ in range(5)], "seeded draws must repeat"
+
+
+def test_autocast_inferer_trains_in_bfloat16_with_float32_outputs_and_gradients(ct_slice):
+    """bfloat16 forward passes give float32 outputs close to float32's and float32 gradients for the float32 weights;
+    ``float32`` is the plain forward pass, bit for bit."""
+    from scripts.networks import DenoisingAutoencoder
+    from scripts.training import AutocastInferer
+
+    torch.manual_seed(0)
+    network = DenoisingAutoencoder(features=(16, 32), residual=True, norm="batch", final_activation=None, unshuffle=2)
+    batch = torch.as_tensor(ct_slice[None, None, :64, :64], dtype=torch.float32).repeat(4, 1, 1, 1)
+    network.eval()
+    with torch.inference_mode():
+        plain = network(batch)
+        torch.testing.assert_close(AutocastInferer("float32")(batch, network), plain, rtol=0, atol=0)
+        fast = AutocastInferer("bfloat16")(batch, network)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, plain)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=0.02)
+    network.train()
+    AutocastInferer("bfloat16")(batch, network).square().mean().backward()
+    grads = [p.grad for p in network.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_psnr_ssim_loss_prefers_kept_structure_at_equal_squared_error(ct_slice):
+    """At the same MSE (so the same PSNR loss), a uniform offset keeps the CT's structure and white noise does not:
+    the SSIM term ranks them; with weight 0 it is the PSNR loss."""
+    from scripts.training import PSNRLoss, PSNRSSIMLoss
+
+    clean = torch.as_tensor(ct_slice[None, None, 100:228, 100:228], dtype=torch.float32)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noise = noise / noise.square().mean().sqrt() * 0.05
+    offset, noisy = clean + 0.05, clean + noise  # both 0.05 RMS from the clean image
+    torch.testing.assert_close(PSNRLoss()(offset, clean), PSNRLoss()(noisy, clean))
+    loss = PSNRSSIMLoss(ssim_weight=20)
+    assert loss(offset, clean) < loss(noisy, clean) - 1.0  # more than 0.05 SSIM apart
+    torch.testing.assert_close(PSNRSSIMLoss(ssim_weight=0)(noisy, clean), PSNRLoss()(noisy, clean))
+    with pytest.raises(ValueError, match="ssim_weight"):
+        PSNRSSIMLoss(ssim_weight=-1)
