@@ -3,6 +3,7 @@ images shipped inside pip packages."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
 sys.path.insert(0, str(BUNDLE))
+
+
+def ctrl_c_on() -> None:
+    """``preexec_fn`` for a child that must take Ctrl-C: a shell's background job (``./test.sh &``, some CI runners)
+    starts with SIGINT ignored, and Python then never installs its KeyboardInterrupt handler; a user's terminal
+    always has it on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

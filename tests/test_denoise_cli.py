@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import ctrl_c_on
 
 from scripts.image_io import Volume, read_image, write_image
 
@@ -170,7 +171,7 @@ def test_ctrl_c_leaves_no_output(embedded, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, str(SCRIPT), mni.source, "-o", str(out / "mni.nii.gz"), "--batch-size", "1"]
     out.mkdir()
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_on)
     seen = ""
     deadline = time.monotonic() + 120
     while "slice" not in seen and time.monotonic() < deadline:  # tqdm's bar: denoising has started

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import ROOT
+from conftest import ROOT, ctrl_c_on
 from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
 
 from scripts.image_io import Volume, write_image
@@ -37,7 +37,9 @@ def long_ct(tmp_path_factory, ct_volume_int16):
 
 
 def start(*arguments) -> tuple[subprocess.Popen, list[str]]:
-    process = subprocess.Popen([*DENOISE, *map(str, arguments)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*DENOISE, *map(str, arguments)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_on
+    )
     stderr: list[str] = []
 
     def read() -> None:  # tqdm redraws with '\r'; keep every chunk so the test sees the slice count grow
