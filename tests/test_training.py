@@ -235,3 +235,52 @@ def test_psnr_ssim_loss_prefers_kept_structure_at_equal_squared_error(ct_slice):
     torch.testing.assert_close(PSNRSSIMLoss(ssim_weight=0)(noisy, clean), PSNRLoss()(noisy, clean))
     with pytest.raises(ValueError, match="ssim_weight"):
         PSNRSSIMLoss(ssim_weight=-1)
+
+
+def test_average_checkpoints_is_the_elementwise_mean_and_refuses_other_networks(ct_slice):
+    from scripts.networks import DenoisingAutoencoder
+    from scripts.training import average_checkpoints
+
+    torch.manual_seed(0)
+    first, second = (DenoisingAutoencoder(residual=True, fine_blocks=1) for _ in range(2))
+    average = average_checkpoints([first.state_dict(), second.state_dict()])
+    for key, tensor in first.state_dict().items():
+        expected = (tensor.float() + second.state_dict()[key].float()) / 2 if tensor.is_floating_point() else tensor
+        assert torch.equal(average[key], expected.to(tensor.dtype)), key
+
+    # the mean of a network with itself is the same network: the same output on a real CT slice
+    soup = DenoisingAutoencoder(residual=True, fine_blocks=1)
+    soup.load_state_dict(average_checkpoints([first.state_dict(), first.state_dict()]))
+    image = torch.from_numpy(ct_slice[None, None]).float()
+    with torch.no_grad():
+        assert torch.allclose(soup.eval()(image), first.eval()(image), atol=1e-6)
+
+    with pytest.raises(ValueError, match="another network"):
+        average_checkpoints([first.state_dict(), DenoisingAutoencoder(residual=True, fine_blocks=2).state_dict()])
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([first.state_dict()])
+
+
+def test_average_checkpoints_command_writes_the_soup_and_never_overwrites_an_input(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from scripts.networks import DenoisingAutoencoder
+
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for path in paths:
+        torch.save(DenoisingAutoencoder().state_dict(), path)
+    script = [sys.executable, str(ROOT / "scripts" / "average_checkpoints.py")]
+    done = subprocess.run([*script, *map(str, paths), "-o", str(tmp_path / "soup.pt")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    soup = torch.load(tmp_path / "soup.pt", weights_only=True)
+    key = next(iter(soup))
+    a, b = (torch.load(path, weights_only=True)[key] for path in paths)
+    assert torch.allclose(soup[key], (a + b) / 2)
+
+    before = paths[0].read_bytes()
+    refused = subprocess.run([*script, *map(str, paths), "-o", str(paths[0])], capture_output=True, text=True)
+    assert refused.returncode == 2 and "one of the inputs" in refused.stderr
+    assert paths[0].read_bytes() == before

@@ -167,3 +167,35 @@ class WeightAverage:
 
         state = self.average.ema_model.state_dict()
         write_atomic(self.save_path, lambda path: torch.save(state, path))
+
+
+def average_checkpoints(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform mean of the weights of several fine-tunes of one network, a "model soup" (Wortsman et al. 2022).
+
+    Two runs from the same starting weights with different losses (PSNR, PSNR + SSIM) land in one basin, and their
+    mean keeps most of each one's strength (``docs/experiments.md``, bundle 0.10.0). Floating-point tensors (weights,
+    BatchNorm statistics) are averaged in float32 and stored in their own dtype; integer ones (BatchNorm's batch
+    counter) are taken from the first checkpoint.
+
+    Raises:
+        ValueError: fewer than two checkpoints, or checkpoints of different networks (keys or shapes differ).
+    """
+    if len(state_dicts) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(state_dicts)}")
+    first = state_dicts[0]
+    for index, other in enumerate(state_dicts[1:], start=2):
+        if other.keys() != first.keys():
+            differing = sorted(set(other) ^ set(first))[:3]
+            raise ValueError(f"checkpoint {index} is of another network: keys {differing} are in only one of them")
+        mismatched = [key for key in first if other[key].shape != first[key].shape]
+        if mismatched:
+            raise ValueError(
+                f"checkpoint {index} is of another network: {mismatched[0]} has shape "
+                f"{tuple(other[mismatched[0]].shape)}, not {tuple(first[mismatched[0]].shape)}"
+            )
+    return {
+        key: torch.stack([state[key].float() for state in state_dicts]).mean(0).to(tensor.dtype)
+        if tensor.is_floating_point()
+        else tensor.clone()
+        for key, tensor in first.items()
+    }
