@@ -226,8 +226,7 @@ class BlindSpotLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         noisy, mask = target[:, :1], target[:, 1:2]
         if self.margin:
-            level = pred.detach()
-            mask = mask * ((level > self.margin) & (level < 1.0 - self.margin))
+            mask = mask * _away_from_bounds(pred, self.margin)
         if (self.censored or self.normalized) and target.shape[1] < 3:
             raise ValueError(
                 "the censored or normalized blind-spot loss needs the noise sigma as a third target channel"
@@ -403,9 +402,7 @@ class SureLoss(nn.Module):
         per_pixel = (denoised - noisy) ** 2 / sigma[:, None] ** 2 - 1.0 + 2.0 * divergence
         if not self.margin_sigmas:
             return per_pixel.mean()
-        margin = self.margin_sigmas * sigma[:, None]
-        level = denoised.detach()
-        kept = ((level > margin) & (level < 1.0 - margin)).to(per_pixel.dtype)
+        kept = _away_from_bounds(denoised, self.margin_sigmas * sigma[:, None]).to(per_pixel.dtype)
         risk = (kept * per_pixel).sum(1) / kept.sum(1).clamp(min=1.0)
         return risk.mean()
 
@@ -414,6 +411,12 @@ def recorrupted_pairs(items: Sequence[dict], seed: int = 0, alpha: float = 0.5) 
     """Fixed recorrupted inputs and targets (drawn once from ``seed``) for a validation that needs no clean image."""
     recorrupt = Recorruptd("image", alpha=alpha).set_random_state(seed=seed)
     return [recorrupt(item) for item in items]
+
+
+def _away_from_bounds(level: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
+    """Where ``level`` (detached: the choice is not learnt) lies more than ``margin`` inside (0, 1)."""
+    level = level.detach()
+    return (level > margin) & (level < 1.0 - margin)
 
 
 def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
