@@ -375,7 +375,7 @@ class SureLoss(nn.Module):
     Args:
         margin_sigmas: leave out pixels whose output lies within ``margin_sigmas`` noise sigmas of 0 or 1, where the
             noise was clipped (at 2 sigmas, 2 % of a pixel's noisy values are), as ``BlindSpotLoss(margin=...)`` does;
-            on a real CT slice with black air this cuts the bias from 0.19 to 0.03 (``tests``). A sample with no
+            on a real CT slice with black air (sigma 0.05) the bias falls from 0.19 to 0.034 at 2 sigmas, 0.025 at 3. A sample with no
             pixel left adds 0: with heavy noise (e.g. sigma 0.25 at 2 sigmas) nothing is learnt.
 
     ``forward(pred (B, 2, H, W) from SureInferer, target (B, 2, H, W) from NoiseSigmaTargetd)``; returns a scalar
