@@ -54,6 +54,7 @@ OBJECTIVES = {
     "blind-spot": (("train.yaml", "train_selfsupervised.yaml"), True),
     "recorrupted": (("train.yaml", "train_selfsupervised.yaml", "recorrupted.yaml"), False),
     "sure": (("train.yaml", "train_selfsupervised.yaml", "sure.yaml"), True),
+    "blind-spot-network": (("train.yaml", "train_selfsupervised.yaml", "blind_spot_network.yaml"), True),
 }
 #: Benchmark slices are already on the [0, 1] scale.
 UNIT_WINDOW = IntensityWindow(0.0, 1.0)

@@ -154,8 +154,9 @@ class CleanSlice:
         ([], "val_blind_spot_loss", "model_selfsupervised.pt"),
         (["recorrupted.yaml"], "val_recorrupted_loss", "model_recorrupted.pt"),
         (["continue.yaml", "sure.yaml"], "val_sure_loss", "model_sure.pt"),  # from the shipped blind-spot model
+        (["blind_spot_network.yaml"], "val_blind_spot_loss", "model_blind_spot_network.pt"),
     ],
-    ids=["blind-spot", "recorrupted", "sure"],
+    ids=["blind-spot", "recorrupted", "sure", "blind-spot-network"],
 )
 def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path, objective, metric, checkpoint_name):
     from monai.bundle import ConfigParser
@@ -404,6 +405,9 @@ def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_l
         assert at(best_mean, best_log) < at(best_mean, best_log + step)
     with pytest.raises(ValueError, match="2-channel"):
         loss(noisy, target)
+    # Every pixel a target (no mask channel: an architectural blind spot) scores as the all-ones mask.
+    pred = torch.cat([torch.full_like(noisy, best_mean), torch.full_like(noisy, best_log)], dim=1)
+    assert torch.isclose(loss(pred, target[:, [0, 2]]), loss(pred, target))
 
 
 def test_a_single_output_blind_spot_network_grows_a_prior_channel_without_changing_its_mean(noisy_ct):

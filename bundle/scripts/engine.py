@@ -21,7 +21,7 @@ import yaml
 from .bundle_archive import extract_bundle
 from .errors import BundleError, CancelledError, InvalidImageError
 from .intensity import IntensityWindow
-from .networks import DenoisingAutoencoder
+from .networks import BlindSpotNetwork, DenoisingAutoencoder
 
 #: ``progress(done, total)`` after each batch; returning ``False`` cancels the run.
 ProgressCallback = Callable[[int, int], bool | None]
@@ -31,6 +31,8 @@ BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
     "scripts.networks.DenoisingAutoencoder": DenoisingAutoencoder,
     "DenoisingAutoencoder": DenoisingAutoencoder,
+    "scripts.networks.BlindSpotNetwork": BlindSpotNetwork,
+    "BlindSpotNetwork": BlindSpotNetwork,
 }
 _MONAI_NETWORKS = "monai.networks.nets."
 #: Pixels per forward pass when no batch size is given (two 512 x 512 slices). Bigger batches were not faster on CPU

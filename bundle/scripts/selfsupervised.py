@@ -435,19 +435,23 @@ class BlindSpotPosteriorLoss(nn.Module):
     be blended with one share per slice, and over-smooths light noise.
 
     ``forward(pred (B, 2, H, W), target (B, 3, H, W))``: ``pred[:, 0]`` the mean, ``pred[:, 1]`` the log prior
-    variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma). A squared
-    error counts relative to the predicted variance, so lightly and heavily noised slices weigh alike (as with
+    variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma), or
+    ``(B, 2, H, W)`` (noisy image, sigma) from :class:`NoiseSigmaTargetd` for a network with an architectural blind
+    spot (:class:`scripts.networks.BlindSpotNetwork`), where every pixel is a target. A squared error counts relative
+    to the predicted variance, so lightly and heavily noised slices weigh alike (as with
     ``BlindSpotLoss(normalized=True)``).
     """
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if pred.shape[1] != 2 or target.shape[1] != 3:
+        if pred.shape[1] != 2 or target.shape[1] not in (2, 3):
             raise ValueError(
                 f"the posterior blind-spot loss needs a 2-channel prediction (mean, log prior variance), not "
-                f"{pred.shape[1]}, and the noise sigma as a third target channel ({target.shape[1]} channels given)"
+                f"{pred.shape[1]}, and a target of (noisy, mask, sigma) or (noisy, sigma) ({target.shape[1]} channels "
+                "given)"
             )
         mean, log_prior = pred[:, :1], pred[:, 1:2].clamp(-LOG_PRIOR_BOUND, LOG_PRIOR_BOUND)
-        noisy, mask, sigma = target[:, :1], target[:, 1:2], target[:, 2:3].clamp(min=1e-3)
+        noisy, sigma = target[:, :1], target[:, -1:].clamp(min=1e-3)
+        mask = target[:, 1:2] if target.shape[1] == 3 else torch.ones_like(noisy)
         variance = log_prior.exp() + sigma**2
         errors = 0.5 * ((noisy - mean) ** 2 / variance + variance.log())
         return _masked_mean(errors, mask)
