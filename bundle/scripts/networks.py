@@ -308,7 +308,7 @@ class BlindSpotNetwork(nn.Module):
     of the masked blind spot's 3 %, and no replaced pixels whose statistics differ from those at inference).
 
     Args:
-        in_channels: input channels (1; with more, each one is seen only around the predicted pixel too).
+        in_channels: input channels (1, or 2k+1 neighbouring slices: the predicted position is hidden in all of them).
         out_channels: 2 for the clean value's mean and log prior variance (the posterior blend), or 1.
         features: width of each level; each deeper level is 2x max-pooled, so inputs are padded to a multiple of
             ``2 ** (len(features) - 1)``.
@@ -362,7 +362,8 @@ class BlindSpotNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         size = -(-max(height, width) // self.multiple) * self.multiple
-        # Zero padding to a square: any copy of an edge pixel (replicate, reflect) would let the pixel see itself.
+        # Zero padding (a copy of an edge pixel, as replicate or reflect make, would let it see itself) to a square, so the
+        # four turns share one batch.
         square = F.pad(x, (0, size - width, 0, size - height))
         turns = torch.cat([torch.rot90(square, k, dims=(2, 3)) for k in range(4)])
         looks = self._look_up(turns).chunk(4)
