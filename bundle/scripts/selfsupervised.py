@@ -413,6 +413,13 @@ def recorrupted_pairs(items: Sequence[dict], seed: int = 0, alpha: float = 0.5) 
     return [recorrupt(item) for item in items]
 
 
+def sigma_targets(items: Sequence[dict]) -> list[dict]:
+    """Validation items with :class:`NoiseSigmaTargetd`'s target (noisy image, sigma), for SURE and the architectural
+    blind spot, which need no clean image and nothing drawn at random."""
+    target = NoiseSigmaTargetd("image")
+    return [target(item) for item in items]
+
+
 def _away_from_bounds(level: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
     """Where ``level`` (detached: the choice is not learnt) lies more than ``margin`` inside (0, 1)."""
     level = level.detach()
