@@ -248,22 +248,27 @@ def test_self_ensemble_is_rotation_equivariant_and_denoises_better(model, mni):
 
 def test_bfloat16_denoises_as_well_as_float32(ct_hu):
     """bfloat16 convolutions (the engine's choice on CPUs that have them natively) change the result by far less than
-    they remove: on the real CT slice with Gaussian noise, PSNR within 0.05 dB of float32, and the output float32."""
+    they remove. The tolerance is what bfloat16 may cost a user, not one CPU's rounding: at most 1 % of the PSNR that
+    float32 gains over the noisy slice (0.11 dB here; measured 0.04-0.05 dB, the kernels differ between CPUs with and
+    without AMX), and an output change under 5 % of what the network removes (measured 2 %). Output stays float32."""
     noise = parse_noise("gaussian:factor=0.07,mean=0,std=1")
     noise.set_random_state(seed=0)
     window = IntensityWindow.from_data(ct_hu)
     clean = window.forward(ct_hu)[0]
     noisy = noise(clean[None])[0]
-    scores = {}
+    denoised = {}
     for precision in ("float32", "bfloat16"):
         model = load_bundle(device="cpu", precision=precision)
         assert model.precision == getattr(torch, precision)
         with torch.inference_mode():
             assert model.predict(torch.from_numpy(noisy[None, None, :64, :64])).dtype == torch.float32
-        denoised = denoise_volume(noisy, model, IntensityWindow(0.0, 1.0), float_output=True)
-        scores[precision] = image_metrics(denoised, clean)["psnr"]
-    assert scores["float32"] > image_metrics(noisy, clean)["psnr"] + 5
-    assert scores["bfloat16"] == pytest.approx(scores["float32"], abs=0.05)
+        denoised[precision] = denoise_volume(noisy, model, IntensityWindow(0.0, 1.0), float_output=True)
+    psnr = {precision: image_metrics(image, clean)["psnr"] for precision, image in denoised.items()}
+    gain = psnr["float32"] - image_metrics(noisy, clean)["psnr"]
+    assert gain > 5
+    assert psnr["bfloat16"] >= psnr["float32"] - 0.01 * gain
+    removed = np.abs(noisy - denoised["float32"]).mean()
+    assert np.abs(denoised["bfloat16"] - denoised["float32"]).mean() < 0.05 * removed
 
 
 def test_precision_is_float32_off_cpu_and_for_direct_output_and_unknown_names_are_refused():
