@@ -173,9 +173,9 @@ def copy_bundle(tmp_path, network_def: dict | None = None, channels: int | None 
     shutil.copytree(BUNDLE_ROOT / "configs", folder / "configs")
     shutil.copytree(BUNDLE_ROOT / "models", folder / "models", ignore=shutil.ignore_patterns("*.ts"))
     if network_def is not None:
-        config = yaml.safe_load((folder / "configs" / "inference.yaml").read_text())
+        config = yaml.safe_load((folder / "configs" / "inference.json").read_text())
         config["network_def"] = network_def
-        (folder / "configs" / "inference.yaml").write_text(yaml.safe_dump(config))
+        (folder / "configs" / "inference.json").write_text(json.dumps(config))
     if channels is not None:
         metadata = json.loads((folder / "configs" / "metadata.json").read_text())
         metadata["network_data_format"]["inputs"]["image"]["num_channels"] = channels

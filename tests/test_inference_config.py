@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 import numpy as np
@@ -19,7 +20,7 @@ CONFIGS = BUNDLE_ROOT / "configs"
 
 
 def test_network_def_matches_training():
-    inference = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
     assert inference["network_def"] == train["network_def"]
 
@@ -29,15 +30,20 @@ def test_run_denoises_a_folder_keeping_geometry_and_sub_folders(tmp_path, dicom_
     shutil.copytree(dicom_series_dir, dataset / "patient1" / "ct_series")
     mr = read_image(embedded["validation"][1]["image"])  # pydicom's MR_small: 64 x 64 int16
     write_image(dataset / "mr.nrrd", mr.array, like=mr)
+    (dataset / "broken.nii.gz").write_bytes(b"not an image")  # reported and skipped; the folder goes on
     output_dir = tmp_path / "eval"
     run(
-        config_file=str(CONFIGS / "inference.yaml"),
+        config_file=str(CONFIGS / "inference.json"),
         dataset_dir=str(dataset),
         output_dir=str(output_dir),
         device="$torch.device('cpu')",
     )
     written = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*.nii.gz"))
     assert written == ["mr_denoised.nii.gz", "patient1/ct_series_denoised.nii.gz"]
+    # the config's steps (load, window, slice inferer, save) give exactly what the engine gives in one call
+    model = load_bundle(device="cpu")
+    expected = denoise_volume(mr.array, model, batch_size=8)
+    np.testing.assert_array_equal(read_image(output_dir / written[0]).array, expected)
     for source, result in [
         (read_image(dicom_series_dir), read_image(output_dir / written[1])),
         (mr, read_image(output_dir / written[0])),
@@ -63,7 +69,7 @@ def exported_bundle(tmp_path_factory):
         filepath=str(folder / "models" / "model.ts"),
         ckpt_file=str(folder / "models" / "model.pt"),
         meta_file=str(folder / "configs" / "metadata.json"),
-        config_file=str(folder / "configs" / "inference.yaml"),
+        config_file=str(folder / "configs" / "inference.json"),
     )
     return folder
 
@@ -104,7 +110,7 @@ def test_a_flat_picture_folder_with_a_window(tmp_path, ct_slice):
     image = (ct_slice[:128, :160] * 255).round().astype(np.uint8)
     write_image(pictures / "slice.png", image, like=Volume(image, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
     run(
-        config_file=str(CONFIGS / "inference.yaml"),
+        config_file=str(CONFIGS / "inference.json"),
         dataset_dir=str(pictures),
         output_dir=str(tmp_path / "out"),
         window=[0, 255],

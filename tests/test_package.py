@@ -45,7 +45,7 @@ def test_release_zip_follows_the_zoo_layout(release):
         packed_large_files = archive.read("meddenoise_multimodal_denoising/large_files.yml").decode()
     assert {name.split("/")[0] for name in names} == {"meddenoise_multimodal_denoising"}
     inside = {name.split("/", 1)[1] for name in names}
-    assert {"LICENSE", "configs/metadata.json", "configs/inference.yaml", "docs/README.md", "scripts/__init__.py"} <= (
+    assert {"LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "scripts/__init__.py"} <= (
         inside
     )
     assert "models/model.pt" in inside

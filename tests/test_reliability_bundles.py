@@ -76,10 +76,10 @@ def test_a_checkpoint_that_runs_code_is_refused_and_the_code_never_runs(bundle, 
     ],
 )
 def test_network_def_is_built_from_the_allow_list_with_plain_values(bundle, network_def, message):
-    config_file = bundle / "configs" / "inference.yaml"
+    config_file = bundle / "configs" / "inference.json"
     config = yaml.safe_load(config_file.read_text())
     config["network_def"] = network_def
-    config_file.write_text(yaml.safe_dump(config))
+    config_file.write_text(json.dumps(config))
     refused(bundle, message)
 
 
@@ -127,10 +127,10 @@ def test_malformed_configs_are_refused(bundle):
         meta_file.write_text(content)
         refused(bundle, message)
     shutil.copy(BUNDLE / "configs" / "metadata.json", meta_file)
-    (bundle / "configs" / "inference.yaml").write_text("network_def: [unclosed")
+    (bundle / "configs" / "inference.json").write_text("network_def: [unclosed")
     refused(bundle, "not valid YAML")
     (bundle / "models" / "model.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
-    (bundle / "configs" / "inference.yaml").write_text((BUNDLE / "configs" / "inference.yaml").read_text())
+    (bundle / "configs" / "inference.json").write_text((BUNDLE / "configs" / "inference.json").read_text())
     refused(bundle, "not a loadable weights file")
 
 
@@ -150,5 +150,5 @@ def test_zip_entries_that_could_escape_are_refused(tmp_path, name):
 
 def test_the_shipped_bundle_still_loads_and_builds_plainly():
     model = load_bundle(BUNDLE, device="cpu")
-    config = yaml.safe_load((BUNDLE / "configs" / "inference.yaml").read_text())
+    config = yaml.safe_load((BUNDLE / "configs" / "inference.json").read_text())
     assert type(model.network) is type(build_network(config["network_def"]))

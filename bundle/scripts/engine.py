@@ -249,7 +249,7 @@ def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
         raise BundleError(
             f"{path}: the TorchScript model is missing; export it with PYTHONPATH={bundle} python -m monai.bundle "
             f"ckpt_export network_def --filepath {path} --ckpt_file {bundle / 'models' / 'model.pt'} "
-            f"--meta_file {bundle / 'configs' / 'metadata.json'} --config_file {bundle / 'configs' / 'inference.yaml'}"
+            f"--meta_file {bundle / 'configs' / 'metadata.json'} --config_file {bundle / 'configs' / 'inference.json'}"
         )
     try:
         return torch.jit.load(str(path), map_location=device)
