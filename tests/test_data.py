@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from scripts.data import (
+    SPLITS,
     embedded_datalist,
     find_images,
     load_slices,
@@ -172,3 +173,58 @@ def test_noisy_pairs_are_fixed_by_the_seed(ct_slice):
     assert first[0]["image"].shape == (1, 64, 64)
     np.testing.assert_array_equal(first[0]["image"], again[0]["image"])
     assert not np.array_equal(first[0]["image"], first[0]["label"])
+
+
+def _write_png_sources(root, sources, plane8, images_per_source=4):
+    """One PNG per patient in each source folder under ``root`` (the shared data set's layout), real CT pixels."""
+    for source in sources:
+        (root / source).mkdir(parents=True, exist_ok=True)
+        for patient in range(images_per_source):
+            sitk.WriteImage(
+                sitk.GetImageFromArray(np.roll(plane8, 7 * patient, axis=1)), str(root / source / f"p{patient}.png")
+            )
+
+
+def test_leave_source_out_split_never_shares_a_source_with_training(tmp_path, ct_slice):
+    from scripts.data import LEAVE_SOURCE_OUT, LEAVE_SOURCE_OUT_VALIDATION, REDISTRIBUTABLE_SOURCES, under
+
+    plane8 = (ct_slice[::8, ::8] * 255).astype(np.uint8)
+    seen = ["ct/sbu_covid_ct_slices/patient1/axial", "mr/prisma_t1_sag_brain", "xray/chest_xray_hannover"]
+    _write_png_sources(tmp_path, [*LEAVE_SOURCE_OUT, *LEAVE_SOURCE_OUT_VALIDATION, *seen, "ct/covid_ct_slices"], plane8)
+
+    by_group = make_datalist(tmp_path, seed=0)
+    datalist = make_datalist(tmp_path, seed=0, split="leave-source-out", train_sources=REDISTRIBUTABLE_SOURCES)
+    sources = {split: {item["source"] for item in items} for split, items in datalist.items() if split in SPLITS}
+    assert sources["test"] == set(LEAVE_SOURCE_OUT), "every held-out source is tested, nothing else"
+    assert not sources["training"] & sources["test"] and not sources["validation"] & sources["test"]
+    assert not any(under(source, LEAVE_SOURCE_OUT) for source in sources["training"] | sources["validation"])
+    assert set(LEAVE_SOURCE_OUT_VALIDATION) <= sources["validation"]
+    assert not any(under(source, LEAVE_SOURCE_OUT_VALIDATION) for source in sources["training"])
+    assert sources["training"] == set(seen), "held-out and unlicensed sources are never trained on"
+    assert "ct/covid_ct_slices" in datalist["left_out_sources"]
+    trained = {item["image"] for item in datalist["training"]}
+    assert not trained & {item["image"] for item in by_group["test"]}, "the by-group test split stays untrained too"
+    assert {item["modality"] for item in datalist["test"]} == {"CT", "MR", "XR"}
+
+    _write_png_sources(tmp_path / "other", seen, plane8)
+    with pytest.raises(ImageReadError, match="leave-source-out sources"):
+        make_datalist(tmp_path / "other", split="leave-source-out")
+
+
+def test_clean_target_filter_leaves_out_a_noisy_target_and_keeps_a_clean_one(tmp_path, ct_volume_int16):
+    from scripts.data import MAX_TARGET_SIGMA, clean_targets
+
+    clean = ct_volume_int16[:4]
+    window = IntensityWindow.from_data(clean)
+    noise = np.random.default_rng(0).normal(0.0, 0.04 * window.width, clean.shape)  # 0.04 of the window
+    for name, volume in (("clean", clean), ("noisy", clean + noise)):
+        sitk.WriteImage(sitk.GetImageFromArray(volume.astype(np.float32)), str(tmp_path / f"{name}.nrrd"))
+    items = [
+        {"image": str(tmp_path / f"{name}.nrrd"), "group": name, "source": "s", "modality": "CT"}
+        for name in ("clean", "noisy")
+    ]
+    filtered = clean_targets({"training": items, "validation": [], "test": list(items)}, progress=False)
+    assert [item["group"] for item in filtered["training"]] == ["clean"]
+    assert [item["group"] for item in filtered["left_out_noisy"]] == ["noisy"]
+    assert filtered["training"][0]["noise_sigma"] <= MAX_TARGET_SIGMA < filtered["left_out_noisy"][0]["noise_sigma"]
+    assert filtered["test"] == items, "test splits are never filtered"

@@ -24,6 +24,46 @@ from .intensity import IntensityWindow
 from .noise import parse_noise
 
 SPLITS = ("training", "validation", "test")
+#: The named ways :func:`make_datalist` splits a folder (``by-group``: every source split by patient/series).
+SPLIT_NAMES = ("by-group", "leave-source-out")
+
+#: Source folders of the shared data set (paths relative to its root, ``../shared/data``) held out whole: the
+#: leave-source-out test split, scanners and sites no model here is trained on. Chosen by scanner and site so that
+#: each modality's test is a vendor, body part or kind of image training never shows:
+LEAVE_SOURCE_OUT = (
+    "ct/fodicom_ct_samples",  # GE HiSpeed CT/i chest, GE Optima CT520 spine, Philips Ingenuity head in a wide window
+    "ct/dcmqi_liver_ct_slices",  # GE LightSpeed Ultra liver (RSNA/TCIA)
+    "mr/tcia_pelvis_haste",  # Siemens MAGNETOM Vision 1.5 T pelvis HASTE (TCIA)
+    "mr/fodicom_mr_samples",  # GE Genesis Signa and Philips Achieva brain, a knee
+    "xray/fodicom_xray_samples",  # GE, Siemens and Hologic mammograms, dental panoramic, Fuji chest CR, a topogram
+    "xray/nih_cxr14_png",  # NIH Clinical Center chest PA (ChestX-ray14)
+)
+#: Source folders held out whole as the leave-source-out *validation* split, so that choosing a checkpoint also
+#: rewards a scanner training never saw (Philips Brilliance chest CT, Siemens TrioTim T2 brain MR; X-ray validates on
+#: held-out Hannover patients).
+LEAVE_SOURCE_OUT_VALIDATION = ("ct/lidc_chest_ct_series", "mr/trio_t2_fse_brain")
+#: The nearly flat CT slice of the flat-region check: brain in a head CT whose window spans air to bone (-998 to
+#: 1257 HU), so the brain is a near-uniform grey (std 0.006 of the window in its central 128x128).
+FLAT_REGION_CHECK = "ct/fodicom_ct_samples/IM-0001-0001-0001.dcm"
+#: Source folders whose licences allow redistributing weights trained on them (the rule and the terms:
+#: ``docs/data_license.txt``): MIT, BSD, Apache-2.0 or CC BY, nothing stated that restricts the images further.
+REDISTRIBUTABLE_SOURCES = (
+    "ct/head_phantom_series",
+    "ct/tooth_microct",
+    "ct/sbu_covid_ct_slices",
+    "ct/lidc_chest_ct_series",
+    "ct/totalseg_body_ct_series",
+    "mr/thorax_mr_series",
+    "mr/prisma_t1_sag_brain",
+    "mr/trio_t2_fse_brain",
+    "mr/pyradiomics_brain_nrrd",
+    "xray/chest_xray_hannover",
+)
+#: Largest noise sigma (on the [0, 1] scale :func:`load_slices` uses) a clean training target may carry: a fifth of
+#: the lightest benchmark noise (0.07), so the noise a target keeps is at most 1/25 of the noise the network learns to
+#: remove. Measured with :func:`scripts.noise_level.estimate_noise_level`: every redistributable 12/16-bit source is
+#: below 0.013; 27 of the 150 contrast-enhanced 8-bit Hannover radiographs are (median 0.022).
+MAX_TARGET_SIGMA = 0.015
 _MODALITY_WORDS = {"ct": "CT", "mr": "MR", "mri": "MR", "xr": "XR", "xray": "XR", "cr": "XR", "dx": "XR"}
 _DICOM_XRAY = {"CR", "DX", "RG", "MG", "RF", "XA", "IO", "PX"}
 
@@ -58,7 +98,8 @@ def find_images(root: str | os.PathLike) -> list[dict]:
     """Every readable image under ``root`` (recursively), one item per file or DICOM series.
 
     DICOM files are grouped into series by SeriesInstanceUID (single- and multi-frame files that are a series of their
-    own stay one item); files that are neither DICOM nor a supported image are skipped.
+    own stay one item); files that are neither DICOM nor a supported image are skipped. A modality word in the folders
+    below ``root`` (``ct/``, ``mr/``, ``xray/``) names the modality before a DICOM header does.
     """
     root = Path(root)
     if not root.is_dir():
@@ -71,13 +112,18 @@ def find_images(root: str | os.PathLike) -> list[dict]:
         in_series: set[str] = set()
         for uid, series_files in dicom_series(folder).items():
             in_series.update(os.path.basename(f) for f in series_files)
-            header = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+            header = pydicom.dcmread(
+                series_files[0], stop_before_pixels=True, force=True
+            )  # ACR-NEMA files lack a preamble
             item = {
                 "image": str(folder),
                 "series_uid": uid,
                 "group": str(header.get("PatientID", "") or uid),
                 "source": source,
-                "modality": normalise_modality(str(header.get("Modality", "")), folder),
+                # folder names under the root win over the header, which can be wrong (a Hologic mammogram and a
+                # CT topogram of the shared data say CT)
+                "modality": normalise_modality("", source)
+                or normalise_modality(str(header.get("Modality", "")), folder),
             }
             items.append(item if len(series_files) > 1 else {**item, "image": series_files[0], "series_uid": None})
         for name in sorted(files):
@@ -174,27 +220,138 @@ def make_datalist(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     include_embedded: bool = False,
+    split: str = "by-group",
+    train_sources: Sequence[str] | None = None,
+    max_target_sigma: float | None = None,
 ) -> dict[str, list[dict]]:
-    """The data list of ``dataset_dir`` (split by group), or of the embedded data when it is empty/None/``embedded``.
+    """The data list of ``dataset_dir``, or of the embedded data when it is empty/None/``embedded``.
 
-    ``include_embedded`` adds the embedded data's fixed splits to the folder's (training to training, test to test),
-    so one model can train on both while neither test split is ever trained on.
-    ``output_file`` (optional) receives the list as JSON.
+    Args:
+        split: ``by-group`` (every source split by patient/series, :func:`split_by_group`) or ``leave-source-out``
+            (:func:`hold_out_sources` with :data:`LEAVE_SOURCE_OUT` as test and :data:`LEAVE_SOURCE_OUT_VALIDATION`
+            as validation; ``dataset_dir`` must be the shared data set's root).
+        include_embedded: adds the embedded data's fixed splits to the folder's (training to training, test to the
+            by-group test), so one model can train on both while neither test split is ever trained on.
+        train_sources: only these source folders (and the embedded images) are trained and validated on
+            (:func:`keep_sources`), e.g. :data:`REDISTRIBUTABLE_SOURCES`.
+        max_target_sigma: leave out training and validation images noisier than this (:func:`clean_targets`).
+        output_file: (optional) receives the list as JSON.
     """
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_NAMES)}, not {split!r}")
     if not dataset_dir or str(dataset_dir) == "embedded":
+        if split != "by-group":
+            raise ImageReadError("the leave-source-out split needs the shared data set's folder, not the embedded data")
         datalist = embedded_datalist()
     else:
         items = find_images(dataset_dir)
         if not items:
             raise ImageReadError(f"{dataset_dir}: no readable images found (searched recursively)")
         datalist = split_by_group(items, fractions, seed)
+        if split == "leave-source-out":
+            datalist = hold_out_sources(datalist, LEAVE_SOURCE_OUT, LEAVE_SOURCE_OUT_VALIDATION)
         if include_embedded:
             embedded = embedded_datalist()
-            datalist = {split: datalist[split] + embedded[split] for split in SPLITS}
+            seen_test = "test" if split == "by-group" else "test_seen_sources"
+            datalist["training"] += embedded["training"]
+            datalist["validation"] += embedded["validation"]
+            datalist[seen_test] += embedded["test"]
+    if train_sources is not None:
+        datalist = keep_sources(datalist, train_sources)
+    if max_target_sigma:
+        datalist = clean_targets(datalist, max_target_sigma)
     if output_file:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(output_file).write_text(json.dumps(datalist, indent=1))
     return datalist
+
+
+def under(source: str, folders: Iterable[str]) -> bool:
+    """Whether ``source`` (a folder relative to the data root, e.g. ``ct/sbu_covid_ct_slices/p1/axial``) is one of
+    ``folders`` or lies inside one of them."""
+    return any(source == folder or source.startswith(folder.rstrip("/") + "/") for folder in folders)
+
+
+def hold_out_sources(
+    datalist: dict[str, list[dict]], test_sources: Sequence[str], validation_sources: Sequence[str] = ()
+) -> dict[str, list[dict]]:
+    """The leave-source-out split of a by-group data list: every item of ``test_sources`` (from whichever split)
+    goes to ``test``, every item of ``validation_sources`` to ``validation``, and nothing of either stays in training.
+
+    The other sources keep their training items and their by-group validation items; their by-group test items move
+    to ``test_seen_sources``, so they stay untrained and the by-group table of a model trained on this list keeps its
+    meaning.
+
+    Raises:
+        ImageReadError: none of ``test_sources`` is in the data (the folder is not the shared data set's root).
+    """
+    items = [item for split in datalist.values() for item in split]
+    split = {
+        "training": [],
+        "validation": [i for i in items if under(i["source"], validation_sources)],
+        "test": [i for i in items if under(i["source"], test_sources)],
+        "test_seen_sources": [],
+    }
+    if not split["test"]:
+        raise ImageReadError(
+            f"none of the leave-source-out sources ({', '.join(test_sources)}) is in the data; give the shared data "
+            "set's root folder (its ct/, mr/ and xray/ folders), or use the by-group split"
+        )
+    for name, target in (("training", "training"), ("validation", "validation"), ("test", "test_seen_sources")):
+        split[target] += [
+            i
+            for i in datalist.get(name, [])
+            if not under(i["source"], test_sources) and not under(i["source"], validation_sources)
+        ]
+    return split
+
+
+def keep_sources(datalist: dict[str, list[dict]], sources: Sequence[str]) -> dict[str, list[dict]]:
+    """The data list with ``training`` and ``validation`` reduced to items of ``sources`` (and embedded images);
+    test splits are kept whole. Sources that are left out are listed under ``left_out_sources``."""
+    kept = {name: list(items) for name, items in datalist.items()}
+    left_out = set()
+    for name in ("training", "validation"):
+        kept[name] = [i for i in datalist.get(name, []) if i["source"] == "embedded" or under(i["source"], sources)]
+        left_out |= {i["source"] for i in datalist.get(name, []) if i not in kept[name]}
+    kept["left_out_sources"] = sorted(left_out)
+    return kept
+
+
+def measure_target_noise(items: Iterable[dict], progress: bool = True) -> list[dict]:
+    """Each item with ``noise_sigma``: its noise standard deviation on the [0, 1] scale :func:`load_slices` gives it
+    (:func:`scripts.noise_level.estimate_noise_level`, the median over up to 16 slices); unreadable items are left
+    out with a message, as :func:`load_slices` leaves them out."""
+    from .noise_level import estimate_noise_level
+
+    measured = []
+    for item in tqdm(list(items), desc="measuring target noise", unit="image", disable=not progress):
+        try:
+            volume = read_image(item["image"], item.get("series_uid"))
+            sigma = estimate_noise_level(volume.array).sigma_scaled
+        except (ImageReadError, InvalidImageError) as error:
+            tqdm.write(f"skipping {error}")
+            continue
+        measured.append({**item, "noise_sigma": round(float(sigma), 5)})
+    return measured
+
+
+def clean_targets(
+    datalist: dict[str, list[dict]], max_sigma: float = MAX_TARGET_SIGMA, progress: bool = True
+) -> dict[str, list[dict]]:
+    """The data list with every ``training`` and ``validation`` item's noise measured (:func:`measure_target_noise`)
+    and the ones noisier than ``max_sigma`` moved to ``left_out_noisy``: a network trained to return its targets keeps
+    whatever noise they carry (``xray/chest_xray_hannover``: median 0.022, a third of the lightest benchmark noise).
+    Test splits are not filtered."""
+    if not max_sigma > 0:
+        raise ValueError(f"max_sigma must be a positive noise level on the [0, 1] scale, not {max_sigma}")
+    cleaned = dict(datalist)
+    cleaned["left_out_noisy"] = list(datalist.get("left_out_noisy", []))
+    for name in ("training", "validation"):
+        measured = measure_target_noise(datalist.get(name, []), progress)
+        cleaned[name] = [i for i in measured if i["noise_sigma"] <= max_sigma]
+        cleaned["left_out_noisy"] += [i for i in measured if i["noise_sigma"] > max_sigma]
+    return cleaned
 
 
 def load_slices(
