@@ -355,10 +355,7 @@ def clean_targets(
 
 
 def load_slices(
-    items: Iterable[dict],
-    max_slices_per_volume: int | None = None,
-    min_std: float = 0.01,
-    progress: bool = True,
+    items: Iterable[dict], max_slices_per_volume: int | None = None, min_std: float = 0.01, progress: bool = True
 ) -> list[dict]:
     """Load each item, scale it to [0, 1] with its :meth:`IntensityWindow.from_data` window and cut it into 2D slices
     along the acquisition axis (axis 0).

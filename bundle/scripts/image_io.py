@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813 (SimpleITK's documented alias)
 
 from .errors import ImageReadError, ImageWriteError, InvalidImageError
 

@@ -40,7 +40,8 @@ class NoiseLevel:
     window: IntensityWindow
 
     def __str__(self) -> str:
-        return f"noise sigma {self.sigma:.3g} ({self.sigma_scaled:.3f} of the window [{self.window.low:.4g}, {self.window.high:.4g}])"
+        window = f"[{self.window.low:.4g}, {self.window.high:.4g}]"
+        return f"noise sigma {self.sigma:.3g} ({self.sigma_scaled:.3f} of the window {window})"
 
 
 def slice_noise_sigma(image: np.ndarray) -> float:

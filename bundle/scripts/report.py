@@ -14,10 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from scipy import ndimage
 
 from .noise import noise_sigma
@@ -201,7 +199,9 @@ def plot_psnr_vs_noise(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     settings = sorted(dict.fromkeys(r["noise"] for r in rows), key=lambda s: noise_sigma(s) or 0.0)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["noise"], r["method"]): r for r in rows}
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(settings) + 3), 4.5), layout="constrained")
+    # matplotlib's object API: files only, no pyplot state and no display backend to choose
+    figure = Figure(figsize=(max(6.0, 0.9 * len(settings) + 3), 4.5), layout="constrained")
+    axes = figure.subplots()
     x = np.arange(len(settings))
     for index, method in enumerate(methods):
         points = [(i, cell[s, method]) for i, s in enumerate(settings) if (s, method) in cell]
@@ -214,7 +214,7 @@ def plot_psnr_vs_noise(rows: Sequence[dict], path: str | os.PathLike) -> Path:
             markersize=4,
             capsize=2,
             label=method,
-            color="black" if method == "dae" else plt.get_cmap("tab10")(index % 10),
+            color="black" if method == "dae" else matplotlib.colormaps["tab10"](index % 10),
             linewidth=2.5 if method == "dae" else 1.2,
         )
     labels = [f"{short_label(s)}\nσ={noise_sigma(s) or 0:.3f}" for s in settings]
@@ -223,9 +223,7 @@ def plot_psnr_vs_noise(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     axes.set_title("PSNR vs noise level (settings ordered by noise sigma)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncols=2, loc="upper right")
-    written = write_atomic(path, lambda p: figure.savefig(p, dpi=120))
-    plt.close(figure)
-    return written
+    return write_atomic(path, lambda p: figure.savefig(p, dpi=120))
 
 
 def detail_window(clean: np.ndarray, size: int) -> tuple[int, int]:
@@ -267,7 +265,7 @@ def plot_comparison(
     dpi = 100
     panel_width, panel_height = scale * width, scale * height
     figure_width, figure_height = columns * panel_width, header + rows * (panel_height + label)
-    figure = plt.figure(figsize=(figure_width / dpi, figure_height / dpi), dpi=dpi)
+    figure = Figure(figsize=(figure_width / dpi, figure_height / dpi), dpi=dpi)
     figure.suptitle(title, fontsize=11, y=1 - 8 / figure_height, va="top")
     size = max(16, min(height, width) // 8)
     top, left = detail_window(clean, size)
@@ -294,9 +292,7 @@ def plot_comparison(
         for spine in inset.spines.values():
             spine.set_edgecolor("yellow")
         axes.indicate_inset_zoom(inset, edgecolor="yellow")
-    written = write_atomic(path, lambda p: figure.savefig(p, dpi=dpi))
-    plt.close(figure)
-    return written
+    return write_atomic(path, lambda p: figure.savefig(p, dpi=dpi))
 
 
 def _panel_title(name: str, scores: dict[str, dict[str, float]]) -> str:

@@ -375,8 +375,8 @@ class SureLoss(nn.Module):
     Args:
         margin_sigmas: leave out pixels whose output lies within ``margin_sigmas`` noise sigmas of 0 or 1, where the
             noise was clipped (at 2 sigmas, 2 % of a pixel's noisy values are), as ``BlindSpotLoss(margin=...)`` does;
-            on a real CT slice with black air (sigma 0.05) the bias falls from 0.19 to 0.034 at 2 sigmas, 0.025 at 3. A sample with no
-            pixel left adds 0: with heavy noise (e.g. sigma 0.25 at 2 sigmas) nothing is learnt.
+            on a real CT slice with black air (sigma 0.05) the bias falls from 0.19 to 0.034 at 2 sigmas, 0.025 at 3.
+            A sample with no pixel left adds 0: with heavy noise (e.g. sigma 0.25 at 2 sigmas) nothing is learnt.
 
     ``forward(pred (B, 2, H, W) from SureInferer, target (B, 2, H, W) from NoiseSigmaTargetd)``; returns a scalar
     (lower is better: 1 for returning the noisy input, ``10^(-gain / 10)`` for a denoiser that gains ``gain`` dB).
@@ -438,8 +438,8 @@ class BlindSpotPosteriorLoss(nn.Module):
 
     With both, the engine combines the prediction and the pixel's own noisy value per pixel
     (:func:`scripts.noise_level.posterior_mean`): where the context pins the value down (flat tissue, small
-    ``prior``) the prediction wins; at an edge (large ``prior``) more of the noisy pixel is kept. A single-output blind-spot network can only
-    be blended with one share per slice, and over-smooths light noise.
+    ``prior``) the prediction wins; at an edge (large ``prior``) more of the noisy pixel is kept. A single-output
+    blind-spot network can only be blended with one share per slice, and over-smooths light noise.
 
     ``forward(pred (B, 2, H, W), target (B, 3, H, W))``: ``pred[:, 0]`` the mean, ``pred[:, 1]`` the log prior
     variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma), or
@@ -464,7 +464,11 @@ class BlindSpotPosteriorLoss(nn.Module):
         return _masked_mean(errors, mask)
 
 
-def with_prior_channel(state: Mapping[str, torch.Tensor], log_prior: float = 2 * np.log(0.03)) -> dict:
+#: Starting log prior variance of a grown second output channel: a prior standard deviation of 0.03 of the window.
+INITIAL_LOG_PRIOR = float(2 * np.log(0.03))
+
+
+def with_prior_channel(state: Mapping[str, torch.Tensor], log_prior: float = INITIAL_LOG_PRIOR) -> dict:
     """A single-output blind-spot network's state dict grown for :class:`BlindSpotPosteriorLoss`: the output head
     gets a second channel, the log prior variance, starting at ``log_prior`` everywhere (zero weights); the mean
     channel keeps its trained weights, so training goes on from the trained network. For

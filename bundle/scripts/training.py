@@ -194,8 +194,10 @@ def average_checkpoints(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str,
                 f"{tuple(other[mismatched[0]].shape)}, not {tuple(first[mismatched[0]].shape)}"
             )
     return {
-        key: torch.stack([state[key].float() for state in state_dicts]).mean(0).to(tensor.dtype)
-        if tensor.is_floating_point()
-        else tensor.clone()
+        key: (
+            torch.stack([state[key].float() for state in state_dicts]).mean(0).to(tensor.dtype)
+            if tensor.is_floating_point()
+            else tensor.clone()
+        )
         for key, tensor in first.items()
     }
