@@ -3,15 +3,18 @@
 
     python scripts/denoise.py ct.nii.gz -o ct_denoised.nii.gz
     python scripts/denoise.py series_folder/ scan.dcm xray.png -o denoised/ --strength 0.7
+    python scripts/denoise.py ct_series/ -o ct_series_denoised/
     python scripts/denoise.py low_dose.nii.gz -o denoised.nii.gz --adapt --adapt-seconds 120
 
 INPUT is a NIfTI, NRRD, MHA, single- or multi-frame DICOM file, a PNG/TIFF/JPEG picture or a DICOM series folder.
 With one input, OUTPUT is a file (its extension picks the format) or a folder; with several it must be a folder, and
 each output keeps its input's base name (DICOM files and series folders become ``.nii.gz``, other pictures ``.png``).
-The summary line reports each input's estimated noise level. ``--adapt`` first fine-tunes a copy of the model on each
-noisy input itself (self-supervised, blind-spot objective) for ``--adapt-seconds``, for noise the model was not
-trained on, and says whether it found the noise correlated over pixels (then it hides blocks of pixels, not single
-ones).
+One DICOM input (a series folder, or a single- or multi-frame file) with OUTPUT a folder or a ``.dcm`` file gives a
+derived DICOM series instead: one file per input instance, new series in the same study, pixels in the input's stored
+representation, ready to send back to a PACS. The summary line reports each input's estimated noise level.
+``--adapt`` first fine-tunes a copy of the model on each noisy input itself (self-supervised, blind-spot objective) for
+``--adapt-seconds``, for noise the model was not trained on, and says whether it found the noise correlated over
+pixels (then it hides blocks of pixels, not single ones).
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ sys.path.insert(0, str(BUNDLE))
 
 from tqdm import tqdm  # noqa: E402
 
+from scripts.dicom_writer import (  # noqa: E402
+    Derivation,
+    check_target,
+    dicom_files,
+    is_dicom_input,
+    write_derived_series,
+)
 from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, check_volume, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
 from scripts.image_io import WRITE_EXTENSIONS, extension, read_image, stem, write_image  # noqa: E402
@@ -106,8 +116,11 @@ def _positive_int(text: str) -> int:
 def output_paths(inputs: list[Path], output: str) -> list[Path]:
     """Where each input's result goes; raises :class:`ImageWriteError` for an ambiguous or clashing plan.
 
-    OUTPUT is a folder when it exists as one, ends with a path separator, or has no image extension.
+    OUTPUT is a folder when it exists as one, ends with a path separator, or has no image extension. For a derived
+    DICOM series (:func:`dicom_output`) OUTPUT itself is the target.
     """
+    if dicom_output(inputs, output):
+        return [Path(output)]
     if not is_folder(output):
         if len(inputs) > 1:
             raise ImageWriteError(f"{output}: {len(inputs)} inputs need OUTPUT to be a folder (end it with '/')")
@@ -125,6 +138,11 @@ def is_folder(output: str) -> bool:
     return Path(output).is_dir() or output.endswith(("/", "\\")) or not extension(output)
 
 
+def dicom_output(inputs: list[Path], output: str) -> bool:
+    """One DICOM input (series folder or file) and OUTPUT a folder or ``.dcm`` file: write a derived DICOM series."""
+    return len(inputs) == 1 and (extension(output) == ".dcm" or is_folder(output)) and is_dicom_input(inputs[0])
+
+
 def _default_extension(path: Path) -> str:
     ext = extension(path)
     if ext in WRITE_EXTENSIONS:
@@ -132,11 +150,17 @@ def _default_extension(path: Path) -> str:
     return ".png" if ext in _PICTURE_EXTENSIONS else ".nii.gz"
 
 
-def check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool) -> None:
+def check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, dicom: bool = False) -> None:
     """Refuse, before any work, to replace an input or (without ``overwrite``) an existing file."""
     for source, target in zip(inputs, outputs, strict=True):
         if target.exists() and source.exists() and target.resolve() == source.resolve():
             raise ImageWriteError(f"{target}: the output would replace its input; inputs are never modified")
+        if dicom:
+            files = dicom_files(source)
+            if any(path.resolve().parent == target.resolve() for path in files):
+                raise ImageWriteError(f"{target}: the folder holds the input; choose a new folder for the DICOM series")
+            check_target(target, files, overwrite)
+            continue
         if target.exists() and not overwrite:
             raise ImageWriteError(f"{target}: the file exists; use --overwrite or choose another output")
 
@@ -147,14 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [Path(path) for path in args.inputs]
     try:
         window = IntensityWindow(*args.window) if args.window else None
+        dicom = dicom_output(inputs, args.output)
         outputs = output_paths(inputs, args.output)
-        check_plan(inputs, outputs, args.overwrite)
+        if dicom and args.float_output:
+            raise ImageWriteError(f"{args.output}: DICOM keeps the input's integer pixels; drop --float-output")
+        check_plan(inputs, outputs, args.overwrite, dicom)
         model = load_bundle(args.bundle, device=args.device, torchscript=args.torchscript, precision=args.precision)
-        if is_folder(args.output):
+        if is_folder(args.output) and not dicom:
             Path(args.output).mkdir(parents=True, exist_ok=True)
         slices, levels = 0, []
         for source, target in zip(inputs, outputs, strict=True):
-            slices += denoise_file(source, target, model, window, args, levels)
+            slices += denoise_file(source, target, model, window, args, levels, dicom)
     except MedDenoiseError as error:
         print(f"denoise.py: error: {error}", file=sys.stderr)
         return 1
@@ -184,9 +211,10 @@ def denoise_file(
     window: IntensityWindow | None,
     args: argparse.Namespace,
     levels: list[NoiseLevel] | None = None,
+    dicom: bool = False,
 ) -> int:
-    """Denoise one image file or series folder into ``target``; returns the number of slices and appends the input's
-    estimated noise level to ``levels``."""
+    """Denoise one image file or series folder into ``target`` (a derived DICOM series when ``dicom``); returns the
+    number of slices and appends the input's estimated noise level to ``levels``."""
     volume = read_image(source)
     total = volume.array.shape[args.axis] if volume.array.ndim == 3 else 1
     try:
@@ -214,7 +242,13 @@ def denoise_file(
             )
     except InvalidImageError as error:  # the engine sees arrays only; name the file
         raise InvalidImageError(f"{source}: {error}") from None
-    write_image(target, denoised, like=volume, overwrite=args.overwrite)
+    if dicom:
+        adapted = ", adapted to the scan" if args.adapt else ""
+        details = f"strength {args.strength:g}, {args.self_ensemble} view(s){adapted}"
+        derivation = Derivation.from_metadata(model.metadata, details)
+        write_derived_series(target, denoised, dicom_files(source), derivation, overwrite=args.overwrite)
+    else:
+        write_image(target, denoised, like=volume, overwrite=args.overwrite)
     return total
 
 

@@ -118,7 +118,9 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     return _to_volume(image, modality, str(path))
 
 
-def _read_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]:
+def series_files(folder: str | os.PathLike, series_uid: str | None = None) -> list[str]:
+    """The files of the folder's one DICOM series (or of ``series_uid``) in the order they are stacked along the slice
+    axis (GDCM's sort along the slice normal); raises :class:`ImageReadError` for no series or several."""
     series = dicom_series(folder)
     if not series:
         raise ImageReadError(f"{folder}: the folder holds no DICOM series; give a DICOM folder or an image file")
@@ -132,8 +134,15 @@ def _read_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]
         series_uid = next(iter(series))
     if series_uid not in series:
         raise ImageReadError(f"{folder}: no DICOM series with SeriesInstanceUID {series_uid}")
+    return series[series_uid]
+
+
+def _read_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]:
+    files = series_files(folder, series_uid)
+    if len(files) == 1:  # one (multi-frame) file: ITK's series reader would stack its frames as 4D
+        return _read_file(Path(files[0]))
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series[series_uid])
+    reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         with _sitk_quiet():
