@@ -25,7 +25,7 @@ from test_denoise_cli import checksum, denoise  # noqa: F401 (denoise is a fixtu
 from scripts import dicom_writer
 from scripts.dicom_writer import DERIVATION_CODE, SERIES_NUMBER_OFFSET, dicom_files
 from scripts.errors import ImageWriteError
-from scripts.image_io import read_image
+from scripts.image_io import read_image, write_image
 
 STORE = Path(data_store.__file__).parent / "data"
 CT_SERIES = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
@@ -266,3 +266,32 @@ def test_c_store_to_a_real_storage_scp(denoise, tmp_path):  # noqa: F811
         stored = received[sent.SOPInstanceUID]
         assert stored.PixelData == sent.PixelData
         assert all(stored[element.tag].value == element.value for element in sent if element.tag != 0x7FE00010)
+
+
+def test_inference_config_writes_dicom_for_dicom_inputs(tmp_path, dicom_series_dir):
+    """``inference.json`` with ``output_dicom``: a DICOM series in, a derived series folder out; NRRD stays NRRD."""
+    import shutil
+
+    from monai.bundle import run
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(dicom_series_dir, dataset / "ct_series")
+    mr = read_image(SOURCES["enhanced_mr"])
+    write_image(dataset / "mr.nrrd", mr.array, like=mr)
+    run(
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+        dataset_dir=str(dataset),
+        output_dir=str(tmp_path / "eval"),
+        output_dicom=True,
+        strength=0.5,
+        device="$torch.device('cpu')",
+    )
+    assert sorted(path.name for path in (tmp_path / "eval").iterdir()) == ["ct_series_denoised", "mr_denoised.nii.gz"]
+    written = sorted((tmp_path / "eval" / "ct_series_denoised").iterdir())
+    assert len(written) == 6
+    derived = pydicom.dcmread(written[0])
+    assert derived.DerivationDescription.endswith("strength 0.5")
+    assert derived.ContributingEquipmentSequence[-1].SoftwareVersions == bundle_version()
+    result, source = read_image(tmp_path / "eval" / "ct_series_denoised"), read_image(dicom_series_dir)
+    assert result.array.shape == source.array.shape and not np.array_equal(result.array, source.array)
+    np.testing.assert_allclose(result.origin, source.origin, atol=1e-4)

@@ -26,9 +26,10 @@ from monai.transforms import MapTransform
 from tqdm import tqdm
 
 from .data import embedded_datalist, find_images
+from .dicom_writer import Derivation, dicom_files, is_dicom_input, write_derived_series
 from .engine import LoadedModel, check_volume, denoise_volume
 from .errors import ImageReadError, InvalidImageError
-from .image_io import read_image, write_image
+from .image_io import read_image, stem, write_image
 from .intensity import IntensityWindow
 
 #: Where :class:`LoadVolumed` keeps an image's path and geometry (a :class:`scripts.image_io.Volume`) and
@@ -140,7 +141,9 @@ class SaveVolumed(MapTransform):
     ``output_dir/[sub-folder/]NAME_postfix.ext`` (MONAI's :class:`~monai.data.FolderLayout`, as ``SaveImage``); the
     format follows ``output_ext``. ``data_root_dir`` is the folder the images were found in: its sub-folders are kept
     so images of the same name in different folders do not collide. Several DICOM series of one folder are numbered
-    instead of overwriting each other. ``self.written`` lists the files written."""
+    instead of overwriting each other. With ``output_dicom`` a DICOM input becomes a derived DICOM series instead, the
+    folder ``NAME_postfix/`` (:func:`scripts.dicom_writer.write_derived_series`, recording ``derivation``).
+    ``self.written`` lists the files and series folders written."""
 
     def __init__(
         self,
@@ -149,8 +152,11 @@ class SaveVolumed(MapTransform):
         output_postfix: str = "denoised",
         output_ext: str = ".nii.gz",
         data_root_dir: str | os.PathLike = "",
+        output_dicom: bool = False,
+        derivation: Derivation | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys=False)
+        self.output_dicom, self.derivation = output_dicom, derivation or Derivation()
         self.layout = FolderLayout(
             output_dir, postfix=output_postfix, extension=output_ext, makedirs=True, data_root_dir=data_root_dir
         )
@@ -166,5 +172,10 @@ class SaveVolumed(MapTransform):
             if target in self.written:
                 index = sum(path.parent == target.parent for path in self.written)
                 target = Path(self.layout.filename(subject=source, idx=index))
-            self.written.append(write_image(target, d[key], like=d[f"image{VOLUME_POSTFIX}"]))
+            if self.output_dicom and is_dicom_input(source):
+                sources = dicom_files(source, d.get("series_uid"))
+                write_derived_series(target.with_name(stem(target)), d[key], sources, self.derivation, overwrite=True)
+                self.written.append(target.with_name(stem(target)))
+            else:
+                self.written.append(write_image(target, d[key], like=d[f"image{VOLUME_POSTFIX}"]))
         return d
