@@ -246,7 +246,8 @@ def denoise_file(
         adapted = ", adapted to the scan" if args.adapt else ""
         details = f"strength {args.strength:g}, {args.self_ensemble} view(s){adapted}"
         derivation = Derivation.from_metadata(model.metadata, details)
-        write_derived_series(target, denoised, dicom_files(source), derivation, overwrite=args.overwrite)
+        sources = dicom_files(source)
+        write_derived_series(target, denoised, sources, derivation, overwrite=args.overwrite, original=volume.array)
     else:
         write_image(target, denoised, like=volume, overwrite=args.overwrite)
     return total

@@ -17,7 +17,6 @@ written; an error or Ctrl-C removes it. The source files are only read.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import datetime
@@ -31,7 +30,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.misc import is_dicom
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 
 from .errors import ImageReadError, ImageWriteError
 from .image_io import _umask, extension, series_files
@@ -64,6 +63,8 @@ _ORIGINAL_ONLY = (
     "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace", "NumberOfKSpaceTrajectories",
     "BulkMotionCompensationTechnique",
 )  # fmt: skip
+#: Transfer syntaxes that are always lossy: their pixels keep a lossy history (PS3.3 C.7.6.1.1.5) once decompressed.
+_LOSSY = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1"}
 #: Numpy types of the byte-order-dependent "other" VRs, which pydicom copies as raw bytes.
 _OTHER_VRS = {"OW": "u2", "OL": "u4", "OF": "f4", "OD": "f8", "OV": "u8"}
 
@@ -193,9 +194,16 @@ class DerivedSeries:
         return cls(generate_uid(), number, description, datetime.datetime.now())
 
 
-def derived_instance(source: Dataset, values: np.ndarray, series: DerivedSeries, derivation: Derivation) -> Dataset:
+def derived_instance(
+    source: Dataset,
+    values: np.ndarray,
+    series: DerivedSeries,
+    derivation: Derivation,
+    original: np.ndarray | None = None,
+) -> Dataset:
     """A copy of ``source`` holding ``values`` (frames x rows x columns, modality units) as a derived instance of
-    ``series``; ``source`` is left unchanged."""
+    ``series``; ``source`` is left unchanged. Pixels that are padding in ``original`` (the source's frames in modality
+    units; Pixel Padding Value, e.g. outside a CT's field of view) stay padding."""
     ds = copy.deepcopy(source)
     ds.remove_private_tags()
     enhanced = "Enhanced" in source.SOPClassUID.name  # enhanced multi-frame IODs: Image Type Value 2 is PRIMARY
@@ -228,8 +236,20 @@ def derived_instance(source: Dataset, values: np.ndarray, series: DerivedSeries,
     ds.SeriesNumber = series.number
     ds.SeriesDescription = series.description
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    if source.file_meta.TransferSyntaxUID in _LOSSY:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = (
+            ds.get("LossyImageCompressionMethod") or _LOSSY[source.file_meta.TransferSyntaxUID]
+        )
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     pixels = stored_pixels(values, source)
+    if original is not None and "PixelPaddingValue" in source:
+        before = stored_pixels(original, source)
+        padding = sorted(
+            (int(source.PixelPaddingValue), int(source.get("PixelPaddingRangeLimit", source.PixelPaddingValue)))
+        )
+        padded = (before >= padding[0]) & (before <= padding[1])
+        pixels[padded] = before[padded]
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OB" if pixels.itemsize == 1 else "OW"
     return ds
@@ -275,16 +295,22 @@ def _equipment(series: DerivedSeries, derivation: Derivation) -> Dataset:
     return item
 
 
+def instance_name(source: Path) -> str:
+    """The file name of ``source``'s derived instance: its name with ``.dcm`` (UID-like names keep every dot)."""
+    return f"{source.stem if source.suffix.lower() == '.dcm' else source.name}.dcm"
+
+
 def write_derived_series(
     target: str | os.PathLike,
     array: np.ndarray,
     sources: Sequence[str | os.PathLike],
     derivation: Derivation,
     overwrite: bool = False,
+    original: np.ndarray | None = None,
 ) -> list[Path]:
     """Write ``array`` (K x J x I in modality units, the slices of ``sources`` in :func:`dicom_files` order: each
-    file's frames in turn) as a derived series: a folder of ``<source name>.dcm`` files, or one ``.dcm`` file for one
-    source. Returns the written files.
+    file's frames in turn) as a derived series: a folder of :func:`instance_name` files, or one ``.dcm`` file for one
+    source. ``original`` (the input volume, same shape) keeps padding pixels padding. Returns the written files.
 
     Raises:
         ImageWriteError: the target cannot be used (see :func:`check_target`), a source cannot be written back (see
@@ -298,6 +324,7 @@ def write_derived_series(
     frames = [int(header.get("NumberOfFrames", 1) or 1) for header in headers]
     shapes = {(int(header.Rows), int(header.Columns)) for header in headers}
     array = array if array.ndim == 3 else array[None]
+    original = original if original is None or original.ndim == 3 else original[None]
     if array.shape[0] != sum(frames) or shapes != {array.shape[1:]}:
         raise ImageWriteError(
             f"{target}: {array.shape[0]} slices of {array.shape[1:]} do not match the {sum(frames)} frames of "
@@ -305,22 +332,24 @@ def write_derived_series(
         )
     series = DerivedSeries.of(headers[0])
     single = extension(target) == ".dcm"
+    names = [instance_name(path) for path in sources]
+    if len(set(names)) < len(names):  # e.g. "a" and "a.dcm" in one folder
+        names = [f"IM{index:05d}.dcm" for index in range(1, len(sources) + 1)]
     staging = _staging(target, single)
     try:
-        written, start = [], 0
-        for path, header, count in zip(sources, headers, frames, strict=True):
-            instance = derived_instance(header, array[start : start + count], series, derivation)
+        start = 0
+        for header, name, count in zip(headers, names, frames, strict=True):
+            frames_of = slice(start, start + count)
+            before = None if original is None else original[frames_of]
+            instance = derived_instance(header, array[frames_of], series, derivation, before)
+            pydicom.dcmwrite(staging if single else staging / name, instance, enforce_file_format=True)
             start += count
-            name = staging if single else staging / f"{path.stem if path.suffix.lower() == '.dcm' else path.name}.dcm"
-            pydicom.dcmwrite(name, instance, enforce_file_format=True)
-            written.append(target if single else target / name.name)
         _move_into_place(staging, target)
     except OSError as error:
         raise ImageWriteError(f"{target}: cannot be written ({error})") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
-    return written
+        _remove(staging)
+    return [target] if single else [target / name for name in names]
 
 
 def _staging(target: Path, single: bool) -> Path:
@@ -342,11 +371,24 @@ def _staging(target: Path, single: bool) -> Path:
 
 def _move_into_place(staging: Path, target: Path) -> None:
     """Rename the complete result over ``target``; an existing folder (checked by :func:`check_target`) is first moved
-    aside, then removed, so the target is always either the old or the new series."""
+    aside, and back if the rename fails, so the target is always either the old or the new series."""
     if staging.is_file() or not target.exists():
         os.replace(staging, target)
         return
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     os.replace(target, aside / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(aside)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(aside / target.name, target)
+        raise
+    finally:
+        _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder tree if it exists."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -174,8 +174,9 @@ class SaveVolumed(MapTransform):
                 target = Path(self.layout.filename(subject=source, idx=index))
             if self.output_dicom and is_dicom_input(source):
                 sources = dicom_files(source, d.get("series_uid"))
-                write_derived_series(target.with_name(stem(target)), d[key], sources, self.derivation, overwrite=True)
-                self.written.append(target.with_name(stem(target)))
+                folder = target.with_name(stem(target))
+                write_derived_series(folder, d[key], sources, self.derivation, overwrite=True, original=d["image"])
+                self.written.append(folder)
             else:
                 self.written.append(write_image(target, d[key], like=d[f"image{VOLUME_POSTFIX}"]))
         return d
