@@ -118,6 +118,10 @@ def test_derived_series_reads_back_like_the_nifti_result(denoise, source, tmp_pa
         for keyword in KEPT + GEOMETRY + REPRESENTATION:
             assert derived.get(keyword) == original.get(keyword), keyword
         assert rescales(derived) == rescales(original)
+        for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):  # enhanced geometry
+            for new, old in zip(derived.get(groups, []), original.get(groups, []), strict=True):
+                for macro in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"):
+                    assert new.get(macro) == old.get(macro), macro
         assert derived.SOPInstanceUID != original.SOPInstanceUID and UID(derived.SOPInstanceUID).is_valid
         assert derived.file_meta.MediaStorageSOPInstanceUID == derived.SOPInstanceUID
         assert derived.SeriesInstanceUID != original.SeriesInstanceUID and UID(derived.SeriesInstanceUID).is_valid
