@@ -135,7 +135,7 @@ def write_bad_inputs(folder: Path, mni_nifti: Path) -> dict[str, str]:
         "nan.nrrd": "2 NaN/Inf voxels",
         "colour.png": "colour content",
         "empty.nii.gz": "the file is empty",
-        "garbage.nrrd": "not a readable medical image",
+        "garbage.nrrd": "truncated",
         "missing.mha": "no such file",
     }
 
