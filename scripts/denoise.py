@@ -39,9 +39,18 @@ from scripts.dicom_writer import (  # noqa: E402
 )
 from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, check_volume, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
-from scripts.image_io import WRITE_EXTENSIONS, extension, read_image, stem, write_image  # noqa: E402
+from scripts.image_io import (  # noqa: E402
+    MAX_IMAGE_BYTES,
+    WRITE_EXTENSIONS,
+    check_writable,
+    extension,
+    format_problem,
+    read_image,
+    stem,
+    write_image,
+)
 from scripts.intensity import IntensityWindow  # noqa: E402
-from scripts.noise_level import NoiseLevel, estimate_noise_level  # noqa: E402
+from scripts.noise_level import MIN_SIDE, NoiseLevel, estimate_noise_level  # noqa: E402
 from scripts.selfsupervised import adapt_model  # noqa: E402
 
 #: 2D picture formats that cannot be written back as they are (JPEG is lossy, the others unsupported) become PNG.
@@ -70,6 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--float-output", action="store_true", help="write float32 instead of the input's dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--max-image-mb",
+        type=_positive_float,
+        default=None,
+        help=f"largest decoded input image in MiB (default {MAX_IMAGE_BYTES >> 20}, and files that expand over 100x "
+        "their size on disk are refused as decompression bombs); checked from the header before reading",
+    )
     parser.add_argument("--torchscript", action="store_true", help="run the exported models/model.ts")
     parser.add_argument(
         "--precision",
@@ -102,7 +118,7 @@ def _fraction(text: str) -> float:
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -119,6 +135,12 @@ def output_paths(inputs: list[Path], output: str) -> list[Path]:
     OUTPUT is a folder when it exists as one, ends with a path separator, or has no image extension. For a derived
     DICOM series (:func:`dicom_output`) OUTPUT itself is the target.
     """
+    if output == "-":
+        raise ImageWriteError("-o -: images cannot be written to standard output; give an output file or folder")
+    if is_folder(output) and Path(output.rstrip("/\\") or output).exists() and not Path(output).is_dir():
+        raise ImageWriteError(
+            f"{output}: an existing file, not a folder; give a folder, or an output file name with an image extension"
+        )
     if dicom_output(inputs, output):
         return [Path(output)]
     if not is_folder(output):
@@ -151,7 +173,8 @@ def _default_extension(path: Path) -> str:
 
 
 def check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, dicom: bool = False) -> None:
-    """Refuse, before any work, to replace an input or (without ``overwrite``) an existing file."""
+    """Refuse, before any work, to replace an input, (without ``overwrite``) an existing file, or to write where
+    nothing can be written (an unknown extension, a missing or read-only folder)."""
     for source, target in zip(inputs, outputs, strict=True):
         if target.exists() and source.exists() and target.resolve() == source.resolve():
             raise ImageWriteError(f"{target}: the output would replace its input; inputs are never modified")
@@ -161,8 +184,39 @@ def check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, dicom: 
                 raise ImageWriteError(f"{target}: the folder holds the input; choose a new folder for the DICOM series")
             check_target(target, files, overwrite)
             continue
-        if target.exists() and not overwrite:
+        if target.is_file() and not overwrite:
             raise ImageWriteError(f"{target}: the file exists; use --overwrite or choose another output")
+        check_writable(target, overwrite=overwrite)
+
+
+def check_size(shape: tuple[int, ...], axis: int) -> None:
+    """Refuse an image whose slices (along ``axis`` for volumes) are too small to denoise: the noise it would
+    remove cannot be measured on fewer than :data:`MIN_SIDE` pixels a side, and a 1 x 1 image has none to remove."""
+    plane = [n for index, n in enumerate(shape) if index != axis or len(shape) == 2]
+    if min(plane) < MIN_SIDE:
+        other_axis = f" along --axis {axis}; slice along another --axis" if len(shape) == 3 else ""
+        raise InvalidImageError(
+            f"the image is too small to denoise: slices of {' x '.join(map(str, plane))} pixels{other_axis} "
+            f"(each side needs at least {MIN_SIDE} pixels)"
+        )
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # read-only file system, a file in the way, no permission
+        raise ImageWriteError(
+            f"{folder}: the output folder cannot be made ({error.strerror}); choose another"
+        ) from None
+
+
+def fitting_target(target: Path, shape: tuple[int, ...], dtype, default_name: bool) -> Path:
+    """``target``, or for a default output name whose format cannot hold the result (a TIFF stack, a 16-bit or
+    float picture) the name with a format that can: ``.tif`` for 2D images PNG cannot hold, ``.nii.gz`` for volumes."""
+    if not default_name or not format_problem(extension(target), shape, dtype):
+        return target
+    ext = ".tif" if not format_problem(".tif", shape, dtype) else ".nii.gz"
+    return target.with_name(stem(target) + ext)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,15 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     inputs = [Path(path) for path in args.inputs]
     try:
+        if args.window and not args.window[0] < args.window[1]:
+            raise InvalidImageError(
+                f"--window {args.window[0]:g} {args.window[1]:g}: LOW must be below HIGH (e.g. -1000 1000 for CT)"
+            )
         window = IntensityWindow(*args.window) if args.window else None
         dicom = dicom_output(inputs, args.output)
         outputs = output_paths(inputs, args.output)
         if dicom and args.float_output:
             raise ImageWriteError(f"{args.output}: DICOM keeps the input's integer pixels; drop --float-output")
+        if is_folder(args.output) and not dicom:
+            make_folder(Path(args.output))
         check_plan(inputs, outputs, args.overwrite, dicom)
         model = load_bundle(args.bundle, device=args.device, torchscript=args.torchscript, precision=args.precision)
-        if is_folder(args.output) and not dicom:
-            Path(args.output).mkdir(parents=True, exist_ok=True)
         slices, levels = 0, []
         for source, target in zip(inputs, outputs, strict=True):
             slices += denoise_file(source, target, model, window, args, levels, dicom)
@@ -215,10 +273,16 @@ def denoise_file(
 ) -> int:
     """Denoise one image file or series folder into ``target`` (a derived DICOM series when ``dicom``); returns the
     number of slices and appends the input's estimated noise level to ``levels``."""
-    volume = read_image(source)
+    max_bytes = None if args.max_image_mb is None else int(args.max_image_mb * 2**20)
+    volume = read_image(source, max_bytes=max_bytes)
     total = volume.array.shape[args.axis] if volume.array.ndim == 3 else 1
     try:
         check_volume(volume.array, args.axis)  # before the progress bar, so a bad file gives one clean line
+        check_size(volume.array.shape, args.axis)
+        if not dicom:  # before, not after, the work
+            out_dtype = "float32" if args.float_output else volume.array.dtype
+            target = fitting_target(target, volume.array.shape, out_dtype, is_folder(args.output))
+            check_writable(target, volume.array.shape, out_dtype, overwrite=args.overwrite)
         window = window or IntensityWindow.from_data(volume.array)
         if levels is not None:
             levels.append(estimate_noise_level(volume.array, window, args.axis))

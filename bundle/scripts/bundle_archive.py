@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import zipfile
@@ -220,7 +221,9 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
         if (destination / top / "configs" / "metadata.json").is_file():
             return destination / top
         destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
+        owner = _staging_owner()
+        _remove_dead_staging(destination.parent, owner)
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{owner}{os.getpid()}."))
         try:
             for info in archive.infolist():
                 target = staging.joinpath(*PurePosixPath(info.filename).parts)
@@ -241,6 +244,29 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return destination / top
+
+
+def _staging_owner() -> str:
+    return f"{socket.gethostname().replace('.', '_')}-"
+
+
+def _remove_dead_staging(cache: Path, owner: str) -> None:
+    """Remove staging folders (``.<hash>.<host>-<pid>.<random>``) that a process of this machine left when it was
+    killed mid-extraction (SIGKILL, power loss); folders of live processes and of other machines are left alone."""
+    for folder in cache.glob(f".*.{owner}*"):
+        pid = folder.name.split(f".{owner}", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _check_hashes(bundle_dir: Path, zip_path: Path) -> None:

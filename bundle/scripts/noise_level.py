@@ -26,8 +26,8 @@ from .networks import CLIP_MARGIN, MAD_TO_SIGMA, MIN_USABLE_FRACTION, REFINEMENT
 
 #: Bound on the log prior variance a posterior blind-spot network predicts (e^-16: a standard deviation of 3e-4).
 LOG_PRIOR_BOUND = 16.0
-#: Smallest slice side the wavelet transform can measure.
-_MIN_SIDE = 4
+#: Smallest slice side the wavelet transform can measure (and so the smallest image the command line denoises).
+MIN_SIDE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ def noise_share(noisy: np.ndarray, prediction: np.ndarray) -> float:
         noisy, prediction: one slice each (H x W, same units); slices too small to measure the noise get 1.
     """
     difference = float(np.mean((np.asarray(noisy, np.float64) - prediction) ** 2))
-    if difference == 0.0 or min(np.shape(noisy)) < _MIN_SIDE:
+    if difference == 0.0 or min(np.shape(noisy)) < MIN_SIDE:
         return 1.0
     return min(1.0, slice_noise_sigma(noisy) ** 2 / difference)
 
@@ -114,7 +114,7 @@ def noise_scale_ratio(image: np.ndarray) -> float:
     own grain fills the finest scale: :func:`residual_correlation` 0.13-0.30 where this is 2.6-4.1).
     """
     image = np.asarray(image, dtype=np.float64)
-    if min(image.shape) < 2 * _MIN_SIDE:
+    if min(image.shape) < 2 * MIN_SIDE:
         return 1.0
     finest = slice_noise_sigma(image)
     coarser = slice_noise_sigma(pywt.dwt2(image, "db2")[0])
@@ -135,9 +135,9 @@ def estimate_noise_level(
     volume = check_volume(volume, axis)
     window = window or IntensityWindow.from_data(volume)
     stack = np.moveaxis(volume, axis, 0) if volume.ndim == 3 else volume[None]
-    if min(stack.shape[1:]) < _MIN_SIDE:
+    if min(stack.shape[1:]) < MIN_SIDE:
         raise InvalidImageError(
-            f"slices of shape {stack.shape[1:]} are too small to estimate noise; each side needs {_MIN_SIDE} pixels"
+            f"slices of shape {stack.shape[1:]} are too small to estimate noise; each side needs {MIN_SIDE} pixels"
         )
     indices = np.unique(np.linspace(0, stack.shape[0] - 1, min(max_slices, stack.shape[0])).round().astype(int))
     sigma = float(np.median([slice_noise_sigma(stack[index]) for index in indices]))
