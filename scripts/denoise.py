@@ -8,7 +8,8 @@
 
 INPUT is a NIfTI, NRRD, MHA, single- or multi-frame DICOM file, a PNG/TIFF/JPEG picture or a DICOM series folder.
 With one input, OUTPUT is a file (its extension picks the format) or a folder; with several it must be a folder, and
-each output keeps its input's base name (DICOM files and series folders become ``.nii.gz``, other pictures ``.png``).
+each output keeps its input's base name (DICOM files and series folders become ``.nii.gz``, other pictures ``.png``;
+a format that cannot hold the result is replaced: ``.tif`` for a 2D image PNG cannot hold, ``.nii.gz`` for volumes).
 One DICOM input (a series folder, or a single- or multi-frame file) with OUTPUT a folder or a ``.dcm`` file gives a
 derived DICOM series instead: one file per input instance, new series in the same study, pixels in the input's stored
 representation, ready to send back to a PACS. The summary line reports each input's estimated noise level.

@@ -40,6 +40,9 @@ _MONAI_NETWORKS = "monai.networks.nets."
 #: holds about 200 MB of activations: at batch 8 the peak grew by 1.8 GB, far over the budget of a 300-slice CT.
 BATCH_PIXELS = 2 * 512 * 512
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Side of the square tiles a slice of more than :data:`BATCH_PIXELS` pixels is denoised in (a 20000 x 20000
+#: radiograph): the network's activations stay those of a 512 x 512 slice whatever the image's size.
+TILE = 512
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -309,6 +312,20 @@ def predict_self_ensemble(network: torch.nn.Module, batch: torch.Tensor, views: 
     return torch.stack(outputs).mean(dim=0)
 
 
+def predict_tiled(model: LoadedModel, batch: torch.Tensor, views: int = 1) -> torch.Tensor:
+    """``model.predict(batch, views)`` for ``batch`` (B, C, H, W); slices of more than :data:`BATCH_PIXELS` pixels
+    go through the network in :data:`TILE` x :data:`TILE` tiles (MONAI's ``SlidingWindowInferer``, a quarter overlap
+    blended with Gaussian weights, so no seam shows). Returns (B, out_channels, H, W) on ``batch``'s device."""
+    if batch.shape[-2] * batch.shape[-1] <= BATCH_PIXELS:
+        return model.predict(batch, views)
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = SlidingWindowInferer(
+        roi_size=TILE, overlap=0.25, mode="gaussian", padding_mode="replicate", sw_device=model.device
+    )
+    return inferer(batch, lambda tile: model.predict(tile.contiguous(memory_format=torch.channels_last), views))
+
+
 def _check_views(views: int) -> None:
     if views not in ENSEMBLE_SIZES:
         raise InvalidImageError(f"self-ensemble views must be one of {ENSEMBLE_SIZES}, not {views}")
@@ -368,7 +385,7 @@ def denoise_volume(
             neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
             scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
             batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            outputs = model.predict(batch, views).cpu().numpy()
+            outputs = predict_tiled(model, batch, views).cpu().numpy()
             pred = outputs[:, 0]
             posterior = model.blind_spot and outputs.shape[1] == 2  # (mean, log prior variance): blend per pixel
             if posterior:
