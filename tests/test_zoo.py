@@ -1,5 +1,5 @@
-"""The Model Zoo's checks: metadata against our schema, ``verify_net_in_out``, ``ckpt_export``, and the commands of the
-bundle's ``docs/README.md`` — run here as written (plus small-data overrides), so the README cannot drift."""
+"""The commands of the bundle's ``docs/README.md``, run as written (plus small-data overrides) from the bundle's folder,
+as a user of an extracted release runs them, so the README cannot drift; metadata against our schema."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ META_FILE = BUNDLE / "configs" / "metadata.json"
 
 #: Every command of the bundle README -> the test that runs it (a fragment that picks the command out).
 EXERCISED = {
-    "--config_file bundle/configs/train.yaml": "tests/test_training.py::test_train_config_runs_two_epochs",
+    "--config_file configs/train.yaml": "tests/test_training.py::test_train_config_runs_two_epochs",
     "--nproc_per_node=2 -m monai.bundle run": "tests/test_multigpu.py::test_torchrun_trains_on_two_gloo_processes",
     "--rdzv_endpoint=HOST:29500": "tests/test_multigpu.py::test_multi_node_command_is_the_single_node_run",
     "configs/evaluate.yaml": "tests/test_zoo.py::test_evaluate_config_scores_every_setting",
-    "scripts/denoise.py": "tests/test_zoo.py::test_denoise_command_takes_the_release_zip",
+    "configs/inference.json --dataset_dir": "tests/test_zoo_checks.py::test_readme_works_inside_an_extracted_release",
+    "verify_metadata": "tests/test_zoo_checks.py::test_readme_works_inside_an_extracted_release",
     "verify_net_in_out": "tests/test_zoo.py::test_verify_net_in_out_passes",
     "ckpt_export": "tests/test_zoo.py::test_ckpt_export_matches_the_checkpoint",
-    "scripts/package_bundle.py": "tests/test_package.py::release",
 }
 
 
@@ -48,10 +48,14 @@ def load_tool(name: str):
     return module
 
 
+def readme_blocks(language: str) -> list[str]:
+    """The code blocks of the bundle README in ``language`` (bash, python)."""
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
 def readme_commands() -> list[str]:
     """The commands in the ```bash blocks of the bundle README, one per line."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    return [line.strip() for block in readme_blocks("bash") for line in block.splitlines() if line.strip()]
 
 
 def readme_command(fragment: str) -> str:
@@ -59,29 +63,30 @@ def readme_command(fragment: str) -> str:
     return command
 
 
-def argv_and_env(command: str) -> tuple[list[str], dict]:
+def argv_and_env(command: str, cwd: Path = BUNDLE) -> tuple[list[str], dict]:
     """A README command as this interpreter runs it: ``python`` and ``torchrun`` from the virtualenv, and a leading
-    ``VAR=value`` (relative to the repository root) in the environment."""
+    ``VAR=value`` (relative to the bundle folder ``cwd``) in the environment."""
     tokens = shlex.split(command)
     env = dict(os.environ)
     while "=" in tokens[0]:
         name, value = tokens.pop(0).split("=", 1)
-        env[name] = str(ROOT / value)
+        env[name] = str(cwd / value)
     program = {"python": [sys.executable], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}[tokens[0]]
     return program + tokens[1:], env
 
 
-def run_readme(command: str, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    """Run a README command (plus ``extra`` arguments) in a new process from the repository root; it must succeed."""
-    argv, env = argv_and_env(command)
-    result = subprocess.run([*argv, *extra], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs)
+def run_readme(command: str, *extra: str, cwd: Path = BUNDLE, **kwargs) -> subprocess.CompletedProcess:
+    """Run a README command (plus ``extra`` arguments) in a new process from the bundle folder ``cwd`` (the
+    repository's ``bundle/`` or an extracted release); it must succeed."""
+    argv, env = argv_and_env(command, cwd)
+    result = subprocess.run([*argv, *extra], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
 def bundle_cli_kwargs(command: str) -> dict:
     """``python -m monai.bundle <sub-command> [net_id] --k v ...`` as keyword arguments of ``monai.bundle.<sub-command>``
-    (run in this process, from the repository root: it saves starting Python and importing MONAI once more)."""
+    (run in this process, from the bundle folder: it saves starting Python and importing MONAI once more)."""
     tokens = shlex.split(command)
     options = tokens[tokens.index("monai.bundle") + 2 :]
     kwargs = {} if options[0].startswith("--") else {"net_id": options.pop(0)}
@@ -139,15 +144,15 @@ def test_schema_names_what_is_wrong(change, message):
 
 
 def test_verify_net_in_out_passes(monkeypatch, caplog):
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(BUNDLE)
     with caplog.at_level("INFO"):
         monai.bundle.verify_net_in_out(**bundle_cli_kwargs(readme_command("verify_net_in_out")))
     assert "data shape of network is verified with no error" in caplog.text
 
 
 def test_ckpt_export_matches_the_checkpoint(tmp_path, ct_slice):
-    # a new Python process, as written: it also shows that PYTHONPATH=bundle is what these commands need
-    run_readme(readme_command("ckpt_export").replace("bundle/models/model.ts", str(tmp_path / "model.ts")))
+    # a new Python process, as written: it also shows that PYTHONPATH=. is what these commands need
+    run_readme(readme_command("ckpt_export").replace("models/model.ts", str(tmp_path / "model.ts")))
 
     extra = {"metadata.json": "", "inference.json": ""}
     exported = torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
@@ -166,7 +171,7 @@ def test_ckpt_export_matches_the_checkpoint(tmp_path, ct_slice):
 
 def test_evaluate_config_scores_every_setting(tmp_path, monkeypatch):
     settings = ["gaussian:factor=0.1,mean=0,std=1", "poisson:factor=0.2,lam=5"]
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(BUNDLE)
     monai.bundle.run(
         **bundle_cli_kwargs(readme_command("configs/evaluate.yaml")),
         eval_settings=settings,
@@ -187,14 +192,10 @@ def test_denoise_command_takes_the_release_zip(tmp_path, embedded, monkeypatch):
     from scripts.bundle_archive import pack_bundle
     from scripts.image_io import read_image
 
-    tokens = shlex.split(readme_command("scripts/denoise.py"))
-    assert tokens[:2] == ["python", "scripts/denoise.py"]
-    release = Path(tokens[-1])
-    pack_bundle(BUNDLE, tmp_path / release.parent, "multimodal_denoising")
+    release = pack_bundle(BUNDLE, tmp_path / "dist", "multimodal_denoising")
     source = embedded["test"][0]["image"]  # a real CT slice
-    replacements = {"INPUT": source, "OUTPUT": str(tmp_path / "ct.nii.gz"), str(release): str(tmp_path / release)}
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert load_tool("denoise.py").main([replacements.get(token, token) for token in tokens[2:]]) == 0
+    assert load_tool("denoise.py").main([source, "-o", str(tmp_path / "ct.nii.gz"), "--bundle", str(release)]) == 0
     original, denoised = read_image(source).array, read_image(tmp_path / "ct.nii.gz").array
     assert denoised.shape == original.shape and denoised.dtype == original.dtype
     assert 0 < np.abs(denoised.astype(float) - original).mean() < 0.1 * np.ptp(original)

@@ -158,6 +158,7 @@ def pack_bundle(
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, source if isinstance(source, bytes) else source.read_bytes())
+        os.chmod(temporary, 0o644)  # mkstemp made it private (0600); a release is for everyone to read
         os.replace(temporary, target)
     except BaseException:
         os.unlink(temporary)
