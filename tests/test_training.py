@@ -284,3 +284,84 @@ def test_average_checkpoints_command_writes_the_soup_and_never_overwrites_an_inp
     refused = subprocess.run([*script, *map(str, paths), "-o", str(paths[0])], capture_output=True, text=True)
     assert refused.returncode == 2 and "one of the inputs" in refused.stderr
     assert paths[0].read_bytes() == before
+
+
+def _from_scratch_workflow(tmp_path, run: str, **overrides) -> ConfigWorkflow:
+    """train.yaml + train_from_scratch.yaml on the embedded images (tests run without the shared data set): a tiny
+    two-epoch schedule, checkpoints in ``tmp_path / run``."""
+    workflow = ConfigWorkflow(
+        config_file=[str(BUNDLE / "configs" / "train.yaml"), str(BUNDLE / "configs" / "train_from_scratch.yaml")],
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        **{
+            "split": "by-group",
+            "train_sources": "$None",
+            "max_target_sigma": 0.0,
+            "output_dir": str(tmp_path / run),
+            "max_slices_per_volume": 2,
+            "patch_size": 32,
+            "batch_size": 2,  # several steps per epoch
+            "val_interval": 10,  # no validation: it changes nothing that resuming must restore
+            "max_epochs": 2,
+            **overrides,
+        },
+    )
+    workflow.initialize()
+    return workflow
+
+
+def _state(workflow: ConfigWorkflow) -> dict:
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    return {
+        "epoch": trainer.state.epoch,
+        "iteration": trainer.state.iteration,
+        "lr": optimizer.param_groups[0]["lr"],
+        "network": {k: v.clone() for k, v in workflow.parser.get_parsed_content("network").state_dict().items()},
+        "adam": [s["exp_avg_sq"].clone() for s in optimizer.state.values()],
+    }
+
+
+def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_path):
+    from ignite.engine import Events
+
+    straight = _from_scratch_workflow(tmp_path, "straight")
+    straight.run()
+    expected = _state(straight)
+    straight.finalize()
+
+    stopped = _from_scratch_workflow(tmp_path, "resumed")
+    stopped.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate()
+    )
+    stopped.run()
+    assert _state(stopped)["epoch"] == 1
+    stopped.finalize()
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint_epoch=*.pt")] == [
+        "checkpoint_epoch=1.pt"
+    ]
+
+    resumed = _from_scratch_workflow(tmp_path, "resumed", resume=True)
+    resumed.run()
+    state = _state(resumed)
+    resumed.finalize()
+    assert (state["epoch"], state["iteration"]) == (expected["epoch"], expected["iteration"]) == (2, state["iteration"])
+    assert state["lr"] == expected["lr"] < 1e-3, "the cosine schedule went on where it stopped"
+    for name, weight in expected["network"].items():
+        assert torch.equal(state["network"][name], weight), f"{name} differs from the uninterrupted run"
+    assert all(torch.equal(a, b) for a, b in zip(state["adam"], expected["adam"], strict=True))
+    from scripts.training import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "checkpoint_epoch=2.pt"
+
+
+def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
+    from scripts.errors import BundleError
+    from scripts.training import latest_checkpoint
+
+    with pytest.raises(BundleError, match=r"nothing to resume.*without --resume"):
+        latest_checkpoint(tmp_path)
+    for name in ("checkpoint_epoch=9.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=x.pt", "model.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=10.pt", "by epoch number, not by name"

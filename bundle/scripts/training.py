@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.inferers import Inferer
 from monai.losses import SSIMLoss
 from torch import nn
 
 from .engine import resolve_precision
+from .errors import BundleError
 
 
 class SSIML1Loss(nn.Module):
@@ -201,3 +206,68 @@ def average_checkpoints(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str,
         )
         for key, tensor in first.items()
     }
+
+
+class EpochSeed:
+    """Ignite handler for the trainer: reseeds the training transforms (crops, flips, contrast, noise) at the start of
+    every epoch from ``(seed, epoch)``, so epoch ``e`` draws the same patches and noise whether the run went straight
+    through or was resumed from a checkpoint before ``e`` (a transform's random state is not in a checkpoint).
+
+    The order of the slices is the sampler's: a ``DistributedSampler`` (one replica) shuffles by ``seed + epoch``, and
+    MONAI's trainer sets its epoch.
+    """
+
+    def __init__(self, transform, seed: int = 0) -> None:
+        self.transform, self.seed = transform, seed
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = np.random.SeedSequence([self.seed, engine.state.epoch]).generate_state(1)[0]
+        self.transform.set_random_state(seed=int(state))
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
+    """The ``checkpoint_epoch=N.pt`` (MONAI ``CheckpointSaver``, ``save_interval``) with the highest N in the folder.
+
+    Raises:
+        BundleError: there is none, with what to do.
+    """
+    found = {}
+    for path in Path(checkpoint_dir).glob("checkpoint_epoch=*.pt"):
+        match = re.fullmatch(r"checkpoint_epoch=(\d+)\.pt", path.name)
+        if match:
+            found[int(match.group(1))] = path
+    if not found:
+        raise BundleError(
+            f"nothing to resume: {checkpoint_dir} holds no checkpoint_epoch=N.pt; start without --resume, or give the "
+            "--ckpt_dir of the run to resume"
+        )
+    return found[max(found)]
+
+
+class ResumableTraining:
+    """Ignite handler for the trainer: saves what a run needs to go on (``save_dict``: network, optimiser, LR schedule;
+    plus the trainer itself: epoch and iteration) after every epoch as ``checkpoint_epoch=N.pt`` in
+    ``checkpoint_dir`` (MONAI ``CheckpointSaver``, the last ``n_saved`` kept, written atomically), and with ``resume``
+    loads the newest of them (:func:`latest_checkpoint`) when training starts (MONAI ``CheckpointLoader``), so one
+    run spans several working sessions. With :class:`EpochSeed` and a seeded sampler the resumed run draws the same
+    slices, patches and noise as one that never stopped.
+
+    The trainer joins ``save_dict`` when the handler is attached: a config cannot name the trainer inside the trainer's
+    own handler list (a circular reference).
+    """
+
+    def __init__(
+        self, checkpoint_dir: str, save_dict: dict, resume: bool = False, n_saved: int = 1, map_location=None
+    ) -> None:
+        self.checkpoint_dir, self.save_dict, self.resume = checkpoint_dir, save_dict, resume
+        self.n_saved, self.map_location = n_saved, map_location
+
+    def attach(self, engine: Engine) -> None:
+        objects = {**self.save_dict, "trainer": engine}
+        if self.resume:
+            path = latest_checkpoint(self.checkpoint_dir)
+            CheckpointLoader(str(path), objects, map_location=self.map_location).attach(engine)
+        CheckpointSaver(self.checkpoint_dir, objects, save_interval=1, n_saved=self.n_saved).attach(engine)
