@@ -15,6 +15,16 @@ BUNDLE = ROOT / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the tools are runnable files, not package members)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def ctrl_c_on() -> None:
     """``preexec_fn`` for a child that must take Ctrl-C: a shell's background job (``./test.sh &``, some CI runners)
     starts with SIGINT ignored, and Python then never installs its KeyboardInterrupt handler; a user's terminal

@@ -4,7 +4,6 @@ the whole denoise. Each is now refused by name before any denoising, or written 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLE, ROOT
+from conftest import BUNDLE, ROOT, load_script
 from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
 
 from scripts.bundle_archive import extract_bundle
@@ -118,10 +117,7 @@ bundle_archive.extract_bundle({str(release)!r}, cache_dir={str(cache)!r})
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("denoise_outputs", ROOT / "scripts" / "denoise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("denoise")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import stat
 import tempfile
 import zlib
@@ -298,7 +299,7 @@ def _check_frame_geometry(path: Path, image: sitk.Image) -> None:
 def _read_file(path: Path, max_bytes: int | None) -> tuple[sitk.Image, str]:
     if extension(path) in _NETPBM:
         return _read_netpbm(path, max_bytes), ""
-    _detached_data(path)  # refused before ITK opens it
+    _check_text_header(path)  # before ITK opens it
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     picture_io = None
@@ -373,29 +374,54 @@ def _check_size(source, shape, voxel_bytes: int, stored_bytes: int, max_bytes: i
 
 def _stored_bytes(path: Path) -> int:
     """Bytes on disk of an image file, its detached data file included."""
-    data = _detached_data(path)
+    data = _check_text_header(path)
     return path.stat().st_size + (data.stat().st_size if data else 0)
 
 
-def _detached_data(path: Path) -> Path | None:
-    """The data file a NRRD (``data file:``) or MetaImage (``ElementDataFile``) header names, ``None`` when the data
-    follows the header. Refuses, before anything is read, a data file outside the header's folder (``..``, an
-    absolute path, a link out of it), one that is not a regular file (``/dev/zero``, a pipe) or a list of files."""
+#: Geometry fields of NRRD and MetaImage headers; ITK reads a NaN in them as 0 (a NaN origin becomes the origin).
+_GEOMETRY_FIELDS = (
+    "space origin", "space directions", "spacings", "thicknesses", "axis mins", "axis maxs",
+    "offset", "origin", "position", "elementspacing", "elementsize", "transformmatrix", "orientation", "rotation",
+)  # fmt: skip
+
+
+def _text_header(path: Path) -> list[tuple[str, str]]:
+    """The ``(field, value)`` pairs of a NRRD or MetaImage header (fields lower-case); ``[]`` for other formats."""
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
     if head.startswith(b"NRRD"):
-        lines = head.split(b"\n\n")[0].splitlines()
-        fields = [line.split(b":", 1) for line in lines if b":" in line and not line.startswith(b"#")]
-        names = [value.strip() for key, value in fields if key.strip().lower() in (b"data file", b"datafile")]
+        lines = [line for line in head.split(b"\n\n")[0].splitlines()[1:] if not line.startswith(b"#")]
+        separator = b":"
     elif extension(path) in (".mha", ".mhd"):
-        fields = [line.split(b"=", 1) for line in head.splitlines() if b"=" in line]
-        names = [value.strip() for key, value in fields if key.strip() == b"ElementDataFile"][:1]
-        names = [name for name in names if name.upper() != b"LOCAL"]
+        lines = head.splitlines()
+        last = next((n for n, line in enumerate(lines) if line.strip().startswith(b"ElementDataFile")), len(lines))
+        lines = lines[: last + 1]  # binary voxels follow ElementDataFile in a .mha
+        separator = b"="
     else:
-        return None
+        return []
+    pairs = [line.split(separator, 1) for line in lines if separator in line]
+    return [(key.strip().lower().decode("latin-1"), value.strip().decode("latin-1")) for key, value in pairs]
+
+
+def _check_text_header(path: Path) -> Path | None:
+    """Check a NRRD or MetaImage header before ITK reads it: no NaN/Inf geometry, and its data file (returned, or
+    ``None`` when the data follows the header) is its own; see :func:`_detached_data`."""
+    fields = _text_header(path)
+    for key, value in fields:
+        if key in _GEOMETRY_FIELDS and re.search(r"\b(nan|inf|infinity)\b", value, re.IGNORECASE):
+            raise ImageReadError(f"{path}: the header's {key} holds NaN/Inf ({value}); fix the header first")
+    return _detached_data(path, fields)
+
+
+def _detached_data(path: Path, fields: list[tuple[str, str]]) -> Path | None:
+    """The data file a NRRD (``data file:``) or MetaImage (``ElementDataFile``) header names, ``None`` when the data
+    follows the header. Refuses, before anything is read, a data file outside the header's folder (``..``, an
+    absolute path, a link out of it), one that is not a regular file (``/dev/zero``, a pipe) or a list of files."""
+    names = [value for key, value in fields if key in ("data file", "datafile", "elementdatafile")]
+    names = [name for name in names if name.upper() != "LOCAL"]
     if not names:
         return None
-    name = names[0].decode("utf-8", "replace")
+    name = names[0]
     if len(names) > 1 or name.upper().startswith("LIST") or "%" in name or " " in name:
         raise ImageReadError(
             f"{path}: the header names several data files ({name}); MedDenoise reads one data file next to its "
