@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="dist", help="where the zip goes (default: dist)")
     parser.add_argument("--name", default="multimodal_denoising", help="zoo name: task + data type")
     parser.add_argument("--no_weights", action="store_true", help="leave the weights out; users fetch them by url")
-    parser.add_argument("--weights_url", default=None, help="base URL the weight files are published under")
+    parser.add_argument(
+        "--weights_url", default=None, help="base URL the weight files are published under (default: large_files.yml's)"
+    )
     parser.add_argument("--skip_check", action="store_true", help="do not load the zip and run inference")
     return parser.parse_args(argv)
 
