@@ -33,6 +33,9 @@ EXERCISED = {
     "--nproc_per_node=2 -m monai.bundle run": "tests/test_multigpu.py::test_torchrun_trains_on_two_gloo_processes",
     "--rdzv_endpoint=HOST:29500": "tests/test_multigpu.py::test_multi_node_command_is_the_single_node_run",
     "configs/evaluate.yaml": "tests/test_zoo.py::test_evaluate_config_scores_every_setting",
+    "configs/train_from_scratch.yaml": (
+        "tests/test_training.py::test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run"
+    ),
     "configs/inference.json --dataset_dir": "tests/test_zoo_checks.py::test_readme_works_inside_an_extracted_release",
     "verify_metadata": "tests/test_zoo_checks.py::test_readme_works_inside_an_extracted_release",
     "verify_net_in_out": "tests/test_zoo.py::test_verify_net_in_out_passes",
