@@ -33,7 +33,8 @@ def test_every_widget_the_code_uses_exists_in_the_ui():
         c.findtext("class") for c in ET.parse(MODULE / "Resources/UI/MedDenoise.ui").getroot().iter("customwidget")
     }
     assert {w.get("class") for w in widgets.values()} - custom <= {"QLabel", "QCheckBox", "QComboBox", "QLineEdit",
-                                                                   "QSpinBox", "QPushButton", "QProgressBar"}  # fmt: skip
+                                                                   "QSpinBox", "QPushButton", "QProgressBar",
+                                                                   "QPlainTextEdit"}  # fmt: skip
 
 
 def test_ui_binds_exactly_the_parameter_node_fields():
@@ -42,9 +43,42 @@ def test_ui_binds_exactly_the_parameter_node_fields():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.findtext("string")] = name
-    assert set(bound) == parameter_fields()
-    assert ui_widgets()[bound["customModelPath"]].get("class") == "ctkPathLineEdit"
+    # modelPath is a str connected by hand: Slicer binds a path box only to a Path field, which shows "" as ".".
+    assert set(bound) == parameter_fields() - {"modelPath"}
+    assert 'modelPathLineEdit.connect("currentPathChanged(QString)"' in SOURCE
     assert ui_widgets()[bound["strength"]].get("class") == "ctkSliderWidget"
+
+
+def properties(widget: ET.Element) -> dict[str, str]:
+    return {p.get("name"): "".join(p.itertext()).strip() for p in widget.findall("property")}
+
+
+def test_panel_puts_the_everyday_settings_first_and_the_rest_under_advanced():
+    root = ET.parse(MODULE / "Resources" / "UI" / "MedDenoise.ui").getroot()
+    main = root.find("widget/layout")
+    top_form = main.find("item/layout[@name='denoiseLayout']")
+    top = [w.get("name") for w in top_form.iter("widget") if w.get("class") != "QLabel"]
+    assert top == ["inputSelector", "outputSelector", "strengthSliderWidget", "qualityComboBox"]
+    sections = {w.get("name"): w for w in main.findall("item/widget")}
+    advanced = sections["advancedCollapsibleButton"]
+    assert properties(advanced)["collapsed"] == "true"
+    inside = {w.get("name") for w in advanced.iter("widget")}
+    assert {"modelPathLineEdit", "referenceSelector", "adaptSecondsSpinBox", "processorComboBox", "gpuLabel",
+            "axisComboBox", "allowInputOverwriteCheckBox"} <= inside  # fmt: skip
+    order = list(sections)
+    assert order.index("applyButton") < order.index("advancedCollapsibleButton")
+    # A collapsible log, the one-click switch, the notice; no idle "0%"; one "Create new volume", no cut-off labels.
+    assert sections["logCollapsibleButton"].find(".//widget[@name='logTextEdit']").get("class") == "QPlainTextEdit"
+    assert properties(sections["compareButton"])["checkable"] == "true"
+    assert properties(sections["noticeLabel"])["text"] == "For research and viewing only; not for diagnosis."
+    assert 'NOT_FOR_DIAGNOSIS = "For research and viewing only; not for diagnosis."' in SOURCE
+    assert properties(sections["progressBar"])["textVisible"] == "false"
+    output = properties(ui_widgets()["outputSelector"])
+    assert output["noneDisplay"] == "Create new volume" and output["addEnabled"] == "false"
+    labels = [properties(w) for w in ui_widgets().values() if w.get("class") == "QLabel"]
+    unwrapped = [label.get("text", "") for label in labels if label.get("wordWrap") != "true"]
+    assert max(map(len, unwrapped)) <= 16, unwrapped  # a 380 px panel shows form labels whole
+    assert "foregroundOpacity" not in SOURCE  # the result is shown fully, never as a half-transparent overlay
 
 
 def cmake_listed(cmake: str, variable: str) -> set[str]:
@@ -68,8 +102,36 @@ def test_extension_cmake_has_the_extension_essentials():
                  "include(${Slicer_USE_FILE})", "add_subdirectory(MedDenoise)",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):  # fmt: skip
         assert line in cmake
-    for variable in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', cmake)
+    # No made-up addresses: the links follow the published repository's URL and name files that exist.
+    for variable in ("ICONURL", "SCREENSHOTURLS"):
+        path = re.search(rf'set\(EXTENSION_{variable} "\$\{{MEDDENOISE_REPOSITORY_URL\}}/([^"]+)"\)', cmake).group(1)
+        assert (ROOT / path).is_file(), path
+    assert 'set(EXTENSION_CATEGORY "Filtering")' in cmake
+    assert (ROOT / "LICENSE").is_file()  # the extension's own licence (the bundle has its own)
+    assert "add_subdirectory(Testing)" in (MODULE / "CMakeLists.txt").read_text()
+    assert (MODULE / "Testing" / "CMakeLists.txt").is_file()
+
+
+def test_module_loads_on_python_3_9_to_say_it_needs_slicer_5_10():
+    """Slicer 5.8 has Python 3.9: `X | Y` annotations only load there when they stay text."""
+    for path in MODULE.rglob("*.py"):
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))
+        unions = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
+                  and any(n in ast.walk(a) for a in annotations(tree))]  # fmt: skip
+        future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in tree.body)
+        assert future or not unions, f"{path.name}: add 'from __future__ import annotations'"
+
+
+def annotations(tree: ast.AST) -> list[ast.AST]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found += [a.annotation for a in node.args.args + node.args.kwonlyargs if a.annotation] + [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+    return [a for a in found if a is not None]
 
 
 def test_icon_is_a_128_pixel_png():

@@ -21,6 +21,7 @@ from MedDenoiseLib import (  # noqa: E402
     WorkerFailedError,
     WorkerJob,
     find_shipped_bundle,
+    job,
     read_model_info,
     read_volume_file,
     requirements,
@@ -135,7 +136,8 @@ def test_requirements_follow_the_metadata():
     major, minor = metadata["monai_version"].split(".")[:2]
     assert specs["monai"] == f"monai>={major}.{minor},<{int(major) + 1}"
     assert specs["torch"].startswith(f"torch>={metadata['pytorch_version'].split('.')[0]}.")
-    assert set(specs) == {"torch", "monai", "pyyaml"}
+    assert set(specs) == {"torch", "monai", "pyyaml", "PyWavelets", "tqdm"}
+    assert specs["PyWavelets"].startswith("PyWavelets>=1.")  # every worker package has a range from the metadata
     # This environment runs the bundle, so it meets them; impossible or absent packages are reported.
     assert unmet(list(specs.values())) == []
     assert unmet(["pytest<1", "no-such-package-meddenoise"]) == ["pytest<1", "no-such-package-meddenoise"]
@@ -242,3 +244,35 @@ def test_a_crashing_worker_is_reported_with_its_output(mni_file, tmp_path):
                                    output=tmp_path / "out.nrrd"))  # fmt: skip
     with pytest.raises(WorkerFailedError, match="No module named 'scripts'"):
         job.wait()
+
+
+def test_job_survives_undecodable_output_and_keeps_a_transcript(tmp_path):
+    """A library that prints bytes that are not UTF-8 must not kill the reader (the job would never finish)."""
+    script = tmp_path / "noisy_worker.py"
+    script.write_text(
+        "import sys\n"
+        "sys.stdout.buffer.write(b'warning: caf\\xe9 \\xff\\n'); sys.stdout.flush()\n"
+        'print(\'MEDDENOISE {"event": "status", "text": "Loading"}\', flush=True)\n'
+        'print(\'MEDDENOISE {"event": "done"}\', flush=True)\n'
+    )
+    worker_job = WorkerJob([sys.executable, str(script)])
+    seen = []
+    worker_job.wait(seen.append)
+    assert [event["event"] for event in seen] == ["log", "status", "done"]
+    assert worker_job.transcript[0].startswith("warning: caf") and worker_job.transcript[1] == "Loading"
+
+
+def test_worker_process_has_no_console_window_on_windows():
+    """Checked as options (no Windows here): CREATE_NO_WINDOW hides the console Slicer's launchConsoleProcess hides
+    with STARTUPINFO; a process group of its own lets cancel kill the tree everywhere."""
+    windows = job.process_options("nt")
+    assert windows["creationflags"] & 0x08000000 and windows["creationflags"] & 0x00000200
+    assert job.process_options("posix") == {"start_new_session": True}
+
+
+def test_worker_probe_says_whether_torch_sees_a_gpu(capsys):
+    import torch
+
+    assert worker.main(["--engine", str(BUNDLE), "probe"]) == 0
+    probe = events(capsys.readouterr().out)[-1]
+    assert probe["cuda"] == torch.cuda.is_available() and probe["torch"] == torch.__version__

@@ -50,9 +50,8 @@ class ModelInfo:
 
     @property
     def description(self) -> str:
-        """One line for the panel, e.g. ``MedDenoise multimodal denoising 0.1.0 (1 input slice)``."""
-        slices = f"{self.channels} input slice{'s' if self.channels > 1 else ''}"
-        return f"{self.name} {self.version} ({slices})"
+        """One line for the panel, e.g. ``MedDenoise multimodal denoising 0.10.0``."""
+        return f"{self.name} {self.version}"
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:

@@ -3,7 +3,7 @@ protocol lines turned into events, and the whole process tree killed on cancel.
 
 Protocol (one line each, written by ``worker.py``): ``MEDDENOISE {"event": "status", "text": ...}``, ``progress``
 (``done``, ``total``), ``metrics`` (``before``, ``after``), ``error`` (``message``), ``done`` (result fields). Other
-lines (warnings, tracebacks) are kept as the log tail that explains a crash.
+lines (warnings, tracebacks) become ``log`` events; the last ones explain a crash.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,19 @@ PREFIX = "MEDDENOISE "
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 #: Lines of plain output kept to explain a crash.
 LOG_TAIL = 20
+#: Win32 process creation flags (``subprocess`` defines them only on Windows): a process group of its own, so cancel
+#: reaches the whole tree, and no console window. PythonSlicer is a console program: without the flag a black window
+#: pops up beside Slicer for every run (Slicer's ``launchConsoleProcess`` hides it with ``STARTUPINFO`` for the same
+#: reason; ``CREATE_NO_WINDOW`` does not even create the console).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def process_options(system: str = os.name) -> dict:
+    """``subprocess.Popen`` options for a worker on ``system`` (``os.name``): its own process group, no console."""
+    if system == "nt":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
 
 
 def worker_command(python: str, engine: str | os.PathLike, action: str, **options) -> list[str]:
@@ -46,26 +60,28 @@ class WorkerJob:
     Args:
         command: from :func:`worker_command`.
         env: the environment (inside Slicer: ``slicer.util.startupEnvironment()``, so the worker does not inherit
-            the GUI's settings); default: this process's.
+            the GUI's settings); default: this process's. The worker always writes UTF-8.
 
     Attributes:
         status: the last status text; ``progress``: ``(done, total)`` in ``progressUnit`` (``slices``, or ``s``
         while adapting to the scan); ``result``: fields of the ``done`` event;
-        ``metrics``: the ``metrics`` event (empty without a reference).
+        ``metrics``: the ``metrics`` event (empty without a reference); ``transcript``: every status text and plain
+        output line, for the panel's log.
     """
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        new_group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {}
+        env = dict(os.environ if env is None else env, PYTHONIOENCODING="utf-8")
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
+            encoding="utf-8",
+            errors="replace",  # a stray byte from a library must not kill the reader and hang the job
             bufsize=1,
             env=env,
-            start_new_session=os.name != "nt",  # its own process group: cancel kills the worker and its children
-            **new_group,
+            **process_options(),
         )
         self.status = "Starting"
         self.progress = (0, 0)
@@ -75,14 +91,19 @@ class WorkerJob:
         self.error = ""
         self.cancelled = False
         self.log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+        self.transcript: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._ended = False
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.process.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
+        try:
+            for line in self.process.stdout:
+                self._lines.put(line.rstrip("\n"))
+        except (OSError, ValueError) as error:  # the pipe broke: say so instead of waiting forever
+            self._lines.put(f"(worker output unreadable: {error})")
+        finally:
+            self._lines.put(None)
 
     def poll(self, timeout: float = 0.0) -> list[dict]:
         """Handle the lines that arrived since the last call; returns their events.
@@ -100,23 +121,22 @@ class WorkerJob:
                 self._ended = True
                 self.process.wait()
                 break
-            event = self._parse(line)
-            if event is not None:
-                events.append(event)
+            events.append(self._parse(line))
         return events
 
-    def _parse(self, line: str) -> dict | None:
-        if not line.startswith(PREFIX):
-            self.log.append(line)
-            return None
+    def _parse(self, line: str) -> dict:
         try:
-            event = json.loads(line[len(PREFIX) :])
+            event = json.loads(line[len(PREFIX) :]) if line.startswith(PREFIX) else None
         except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict):
             self.log.append(line)
-            return None
+            self.transcript.append(line)
+            return {"event": "log", "text": line}
         kind = event.get("event")
         if kind == "status":
             self.status = event.get("text", "")
+            self.transcript.append(self.status)
         elif kind == "progress":
             self.progress = (int(event["done"]), int(event["total"]))
             self.progressUnit = event.get("unit", "slices")
@@ -124,9 +144,15 @@ class WorkerJob:
             self.metrics = {"before": event.get("before", {}), "after": event.get("after", {})}
         elif kind == "error":
             self.error = event.get("message", "")
+            self.transcript.append(self.error)
         elif kind == "done":
             self.result = event
         return event
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the worker started."""
+        return time.monotonic() - self.started
 
     @property
     def finished(self) -> bool:
@@ -146,7 +172,9 @@ class WorkerJob:
         if self.process.poll() is None:
             self.cancelled = True
             if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, **process_options()
+                )
             else:
                 with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
                     os.killpg(self.process.pid, signal.SIGKILL)

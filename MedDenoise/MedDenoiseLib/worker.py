@@ -8,6 +8,7 @@ to stdout as one JSON object per line after the prefix ``MEDDENOISE `` (see :mod
         [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size 8] [--float-output] [--views 1]
         [--adapt-seconds 60]
     python worker.py --engine BUNDLE add-noise --input in.nrrd --output noisy.nrrd --noise gaussian:factor=0.1 --seed 0
+    python worker.py --engine BUNDLE probe    (whether PyTorch sees an NVIDIA GPU; torch stays out of Slicer's process)
 
 Exit status: 0 done, 1 a problem reported in an ``error`` event (bad input, bad model), anything else a crash.
 """
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_noise.add_argument("--output", required=True)
     add_noise.add_argument("--noise", required=True, help="noise spec, e.g. gaussian:factor=0.1 (see scripts.noise)")
     add_noise.add_argument("--seed", type=int, default=0)
+
+    actions.add_parser("probe", help="report whether PyTorch sees an NVIDIA GPU")
     return parser.parse_args(argv)
 
 
@@ -137,13 +140,20 @@ def add_noise(args: argparse.Namespace) -> None:
     emit("done", output=args.output, noise=str(args.noise))
 
 
+def probe(args: argparse.Namespace) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    emit("done", cuda=cuda, gpu=torch.cuda.get_device_name(0) if cuda else "", torch=torch.__version__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, args.engine)
     from scripts.errors import MedDenoiseError
 
     try:
-        {"denoise": denoise, "add-noise": add_noise}[args.action](args)
+        {"denoise": denoise, "add-noise": add_noise, "probe": probe}[args.action](args)
     except MedDenoiseError as error:
         emit("error", message=str(error))
         return 1

@@ -1,7 +1,11 @@
 """TEST STAND-IN for ``slicer.parameterNodeWrapper`` (NOT 3D Slicer): typed attributes stored in the parameter node,
-defaults from the class body (unspecified: ``None`` for nodes, the type's empty value otherwise), validators kept."""
+defaults from the class body (unspecified: ``None`` for nodes, the type's empty value otherwise), and the checks
+Slicer's serializers add to every field: numbers, strings, booleans, paths and enums must not be None and must have
+their type (``int`` for an ``int`` field; ``int`` or ``float`` for a ``float`` one) — TypeError/ValueError as in
+Slicer's ``validators.py`` — before the declared validators run."""
 
 import enum
+import pathlib
 import typing
 
 
@@ -11,7 +15,7 @@ class Choice:
 
     def validate(self, value) -> None:
         if value not in self.choices:
-            raise ValueError(f"{value!r} is not one of {self.choices}")
+            raise ValueError(f"Value is {value}, but must be in one of the following: {self.choices}")
 
 
 class WithinRange:
@@ -20,15 +24,33 @@ class WithinRange:
 
     def validate(self, value) -> None:
         if not self.minimum <= value <= self.maximum:
-            raise ValueError(f"{value} is not within [{self.minimum}, {self.maximum}]")
+            raise ValueError(f"Value must be within range [{self.minimum}, {self.maximum}], is {value}")
+
+
+class _TypeCheck:
+    def __init__(self, datatype, node: bool) -> None:
+        self.types = (int, float) if datatype is float else datatype
+        self.node = node
+
+    def validate(self, value) -> None:
+        if value is None:
+            if self.node:
+                return
+            raise ValueError("Value must not be None")
+        if not isinstance(value, self.types) or (self.types is int and isinstance(value, bool)):
+            raise TypeError(f"Value must be of type '{self.types}', is type '{type(value)}' value '{value}'")
+
+
+def _is_node(datatype) -> bool:
+    return isinstance(datatype, type) and datatype.__module__.startswith("slicer")
 
 
 def _unspecified_default(datatype):
     if isinstance(datatype, type) and issubclass(datatype, enum.Enum):
         return next(iter(datatype))
-    if isinstance(datatype, type) and datatype.__module__.startswith("slicer"):
+    if _is_node(datatype):
         return None  # an MRML node reference
-    return datatype()
+    return datatype()  # pathlib.Path() is "." — what a bound path widget then shows
 
 
 def parameterNodeWrapper(cls):
@@ -37,7 +59,12 @@ def parameterNodeWrapper(cls):
     def field(name, datatype):
         validators = list(getattr(datatype, "__metadata__", ()))
         base = typing.get_args(datatype)[0] if validators else datatype
+        if not (_is_node(base) or base in (int, float, str, bool) or issubclass(base, (enum.Enum, pathlib.PurePath))):
+            raise TypeError(f"{name}: the stand-in has no serializer for {base}")
+        validators.insert(0, _TypeCheck(base, _is_node(base)))
         default = cls.__dict__.get(name, _unspecified_default(base))
+        for validator in validators:
+            validator.validate(default)
 
         def get(self):
             return self.parameterNode.parameters.get(name, default)

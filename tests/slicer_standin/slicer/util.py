@@ -1,4 +1,8 @@
-"""TEST STAND-IN for ``slicer.util`` (NOT 3D Slicer): array access to volume nodes and the helpers MedDenoise calls."""
+"""TEST STAND-IN for ``slicer.util`` (NOT 3D Slicer): array access to volume nodes and the helpers MedDenoise calls,
+with Slicer's signatures and errors (``updateVolumeFromArray`` raises RuntimeError, makes no display node).
+
+Installing is imitated: ``environment`` is the set of installed distribution names the installers add to (``None``:
+nothing is imitated); ``installs`` records every installation as ``(installer, requirements, options)``."""
 
 import os
 import tempfile
@@ -6,8 +10,14 @@ import tempfile
 import numpy as np
 import slicer
 
-#: The keyword arguments of the last setSliceViewerLayers call (tests check what the views were told to show).
+#: What the slice views show: the background/foreground volumes and the foreground opacity.
 slice_viewer_layers = {}
+#: Imitated Python environment (lower-case distribution names) and the installations made into it.
+environment = None
+installs = []
+#: The answer the user gives to the next confirmation dialogs, and the dialogs shown.
+confirm_answer = True
+dialogs = []
 
 
 def arrayFromVolume(volume) -> np.ndarray:
@@ -16,9 +26,12 @@ def arrayFromVolume(volume) -> np.ndarray:
 
 
 def updateVolumeFromArray(volume, array: np.ndarray) -> None:
-    """A deep copy becomes the node's voxels (its dtype becomes the node's scalar type), as in Slicer."""
+    """A deep copy becomes the node's voxels (its dtype becomes the node's scalar type), as in Slicer, which raises
+    RuntimeError for shapes it cannot store and for int64 ("long long" volumes do not render)."""
+    if array.ndim not in (1, 2, 3, 4):
+        raise RuntimeError(f"Unsupported numpy array shape: {array.shape}")
     if array.dtype == np.int64:
-        raise ValueError("int64 is not supported by VTK image data")
+        raise RuntimeError("Unsupported numpy array type: long long")
     volume.array = np.array(array, copy=True)
 
 
@@ -26,17 +39,53 @@ def arrayFromVTKMatrix(matrix) -> np.ndarray:
     return matrix.elements.copy()
 
 
-def tempDirectory(key: str = "__SlicerTemp__") -> str:
-    return tempfile.mkdtemp(prefix=key, dir=slicer.app.temporaryPath)
+def tempDirectory(key: str = "__SlicerTemp__", tempDir=None, includeDateTime: bool = True) -> str:
+    return tempfile.mkdtemp(prefix=key, dir=tempDir or slicer.app.temporaryPath)
 
 
 def startupEnvironment() -> dict:
     return dict(os.environ)
 
 
-def setSliceViewerLayers(**kwargs) -> None:
-    slice_viewer_layers.clear()
-    slice_viewer_layers.update(kwargs)
+def setSliceViewerLayers(
+    background="keep-current",
+    foreground="keep-current",
+    label="keep-current",
+    foregroundOpacity=None,
+    labelOpacity=None,
+    fit=False,
+    rotateToVolumePlane=False,
+) -> None:
+    for layer, value in (("background", background), ("foreground", foreground), ("label", label)):
+        if value != "keep-current":
+            if value is not None and value.GetDisplayNode() is None:
+                raise AssertionError(f"{value.GetName()} has no display node: Slicer would show nothing")
+            slice_viewer_layers[layer] = value
+    if foregroundOpacity is not None:
+        slice_viewer_layers["foregroundOpacity"] = foregroundOpacity
+
+
+def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs) -> bool:
+    dialogs.append(text)
+    return confirm_answer
+
+
+def _install(installer: str, requirements, **options) -> None:
+    if environment is None:
+        raise AssertionError("the test did not set up an imitated environment; nothing may really be installed")
+    names = requirements.split() if isinstance(requirements, str) else list(requirements)
+    installs.append((installer, names, options))
+    skip_next = False
+    for name in names:
+        if skip_next or name.startswith("-"):
+            skip_next = name in ("-c", "--constraint")
+            continue
+        environment.add(name.split(">")[0].split("<")[0].split("=")[0].split("[")[0].lower())
+
+
+def pip_install(requirements, **kwargs) -> None:
+    """Slicer 5.12+ delegates to ``slicer.packaging.pip_install``; 5.10 runs ``pip install`` with the list."""
+    _install("slicer.util.pip_install", requirements, **kwargs)
 
 
 class VTKObservationMixin:
