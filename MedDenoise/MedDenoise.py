@@ -58,6 +58,9 @@ SLICER_TOO_OLD = (
     "install the current Slicer from download.slicer.org"
 )
 NOT_FOR_DIAGNOSIS = "For research and viewing only; not for diagnosis."
+#: A derived series is numbered its source's number plus this, as ``scripts/denoise.py`` numbers the DICOM it writes
+#: (the bundle's ``dicom_writer.SERIES_NUMBER_OFFSET``; the Slicer process does not import the bundle).
+SERIES_NUMBER_OFFSET = 1000
 #: The add-noise default: the dental X-ray seed's noise, one of the benchmark's presets.
 DEFAULT_NOISE = "gaussian:factor=0.1,mean=0,std=1"
 
@@ -699,8 +702,9 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
     def _placeBesideInput(volume, inputVolume, what: str) -> None:
         """Put ``volume`` under the input's parent in the subject hierarchy (its DICOM study, or a folder) and give it
         the series attributes Slicer's DICOM export reads (``DICOM.Modality``, ``DICOM.FrameOfReferenceUID`` of the
-        input: same scanner type, same geometry; a ``DICOM.SeriesDescription`` that says what was done). Its series
-        UID is left unset, so the export makes a new series in the input's study."""
+        input: same scanner type, same geometry; ``DICOM.SeriesDescription`` "<original> <what>" and
+        ``DICOM.SeriesNumber`` + 1000, as the command line's DICOM output). Its series UID is left unset, so the export
+        makes a new series in the input's study."""
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         inputItem = shNode.GetItemByDataNode(inputVolume)
         item = shNode.GetItemByDataNode(volume)
@@ -711,6 +715,9 @@ class MedDenoiseLogic(ScriptedLoadableModuleLogic):
                 shNode.SetItemAttribute(item, prefix + tag, shNode.GetItemAttribute(inputItem, prefix + tag))
         original = shNode.GetItemAttribute(inputItem, prefix + "SeriesDescription") or inputVolume.GetName()
         shNode.SetItemAttribute(item, prefix + "SeriesDescription", f"{original} {what}"[:64])  # DICOM LO: 64 chars
+        number = shNode.GetItemAttribute(inputItem, prefix + "SeriesNumber").strip()
+        if number.lstrip("-").isdigit():
+            shNode.SetItemAttribute(item, prefix + "SeriesNumber", str(int(number) + SERIES_NUMBER_OFFSET))
 
     def _run(self, command, device, workdir, apply, waitForCompletion, onProgress, onFinished):
         """Start the worker; finish with ``apply(job)`` (which touches the scene) only when it succeeded. A background

@@ -221,7 +221,10 @@ def test_result_sits_in_the_input_study_ready_for_dicom_export(module, scene, ct
     assert shNode.GetItemParent(item) == study and shNode.GetItemParent(shNode.GetItemByDataNode(noisy)) == study
     tags = exported_series_tags(shNode, item)
     assert tags["Modality"] == "CT" and tags["FrameOfReferenceUID"] == "1.2.826.0.1.3680043.8.498.3"  # same grid
-    assert tags["SeriesDescription"] == "Head 5mm MedDenoise"
+    assert tags["SeriesDescription"] == "Head 5mm MedDenoise"  # as scripts/denoise.py describes a derived series
+    from scripts.dicom_writer import SERIES_NUMBER_OFFSET
+
+    assert module.SERIES_NUMBER_OFFSET == SERIES_NUMBER_OFFSET and tags["SeriesNumber"] == "1003"
     assert tags["SeriesInstanceUID"] == "" and shNode.GetItemUID(item, "DICOM") == ""  # a new series, not the input's
     assert tags["Manufacturer"] == "Unknown manufacturer"  # the scanner did not make this series
     assert exported_series_tags(shNode, shNode.GetItemByDataNode(noisy))["SeriesDescription"].startswith(
