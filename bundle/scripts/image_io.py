@@ -482,8 +482,6 @@ def _nifti_kind(path: Path):
     extension), else ``None``."""
     import gzip
 
-    import nibabel as nib
-
     try:
         with open(path, "rb") as handle:
             compressed = handle.read(2) == b"\x1f\x8b"
@@ -491,11 +489,12 @@ def _nifti_kind(path: Path):
             head = stream.read(348)
     except (OSError, EOFError, zlib.error):
         return None
-    if head[344:348] == b"n+1\0":
-        return compressed, nib.Nifti1Image
-    if head[4:8] == b"n+2\0":
-        return compressed, nib.Nifti2Image
-    return None
+    nifti1 = head[344:348] == b"n+1\0"
+    if not (nifti1 or head[4:8] == b"n+2\0"):
+        return None
+    import nibabel as nib  # only for NIfTI: the Slicer module's worker reads NRRD where nibabel is not installed
+
+    return compressed, nib.Nifti1Image if nifti1 else nib.Nifti2Image
 
 
 def _read_nifti(path: Path, kind, max_bytes: int | None) -> Volume:
