@@ -517,7 +517,8 @@ def _read_nifti(path: Path, kind, max_bytes: int | None) -> Volume:
             # As stored: nibabel's checked header silently makes negative voxel sizes positive.
             stored = image_class.header_class.from_fileobj(stream, check=False)
             stream.seek(0)
-            image = image_class.from_file_map({"header": holder, "image": holder})
+            # In memory, as ITK reads it: a memory map would tie the volume to the input file.
+            image = image_class.from_file_map({"header": holder, "image": holder}, mmap=False)
         except (HeaderDataError, OSError, ValueError, EOFError, zlib.error) as error:
             raise ImageReadError(f"{path}: not a readable medical image (NIfTI header: {error})") from None
         return _nifti_volume(path, image, stored, max_bytes)
