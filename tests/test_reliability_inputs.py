@@ -68,6 +68,7 @@ def edit_slices(folder: Path, edit) -> Path:
         ("mixed", lambda k, ds: k == 2 and setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1]), "orientations"),
         ("tilted", lambda k, ds: setattr(ds, "ImagePositionPatient", [0, 1.2 * k, 2.5 * k]), "sideways"),
         ("skewed", lambda k, ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0.6, 0.8, 0.3]), "right angles"),
+        ("unplaced", lambda k, ds: delattr(ds, "ImagePositionPatient"), "one by one"),
     ],
 )
 def test_dicom_series_a_volume_cannot_hold_is_refused(tmp_path, ct_volume_int16, case, edit, message):

@@ -176,8 +176,12 @@ def _read_series(folder: Path, series_uid: str | None, max_bytes: int | None) ->
             image = reader.Execute()
     except RuntimeError as error:
         raise ImageReadError(f"{folder}: the DICOM series cannot be read ({_first_line(error)})") from None
-    positions = [_dicom_vector(reader.GetMetaData(k, "0020|0032"), 3) for k in range(len(files))]
-    orientations = [_dicom_vector(reader.GetMetaData(k, "0020|0037"), 6) for k in range(len(files))]
+
+    def tag(k: int, key: str) -> str:
+        return reader.GetMetaData(k, key) if reader.HasMetaDataKey(k, key) else ""
+
+    positions = [_dicom_vector(tag(k, "0020|0032"), 3) for k in range(len(files))]
+    orientations = [_dicom_vector(tag(k, "0020|0037"), 6) for k in range(len(files))]
     _check_slice_geometry(folder, positions, orientations, image)
     modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else ""
     return image, modality
@@ -201,8 +205,8 @@ def _check_slice_geometry(source, positions: list, orientations: list, image: si
     positions, orientations = np.array(positions), np.array(orientations)
     if not (np.isfinite(positions).all() and np.isfinite(orientations).all()):
         raise ImageReadError(
-            f"{source}: a slice has no valid position or orientation (ImagePositionPatient/ImageOrientationPatient); "
-            "the slices cannot be placed in space"
+            f"{source}: a slice has no valid position or orientation (ImagePositionPatient/ImageOrientationPatient), "
+            "so the slices cannot be stacked into a volume; denoise the files one by one"
         )
     if not np.allclose(orientations, orientations[0], atol=1e-4):
         raise ImageReadError(
