@@ -342,7 +342,7 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
         "checkpoint_epoch=1.pt"
     ]
 
-    resumed = _from_scratch_workflow(tmp_path, "resumed", resume=True)
+    resumed = _from_scratch_workflow(tmp_path, "resumed", resume="true")  # as the command line passes it
     resumed.run()
     state = _state(resumed)
     resumed.finalize()
@@ -365,3 +365,9 @@ def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
     for name in ("checkpoint_epoch=9.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=x.pt", "model.pt"):
         (tmp_path / name).write_bytes(b"")
     assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=10.pt", "by epoch number, not by name"
+    from scripts.training import ResumableTraining
+
+    assert not ResumableTraining(str(tmp_path), {}, resume="false").resume, "--resume false from the command line"
+    assert ResumableTraining(str(tmp_path), {}, resume="True").resume
+    with pytest.raises(BundleError, match="give true or false"):
+        ResumableTraining(str(tmp_path), {}, resume="maybe")

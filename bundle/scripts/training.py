@@ -247,6 +247,16 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
     return found[max(found)]
 
 
+def _flag(value: bool | str, name: str) -> bool:
+    """A yes/no setting that may come from the command line as text (``--resume true`` arrives as ``"true"``)."""
+    if isinstance(value, str):
+        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        if value.strip().lower() not in words:
+            raise BundleError(f"--{name} {value!r}: give true or false")
+        return words[value.strip().lower()]
+    return bool(value)
+
+
 class ResumableTraining:
     """Ignite handler for the trainer: saves what a run needs to go on (``save_dict``: network, optimiser, LR schedule;
     plus the trainer itself: epoch and iteration) after every epoch as ``checkpoint_epoch=N.pt`` in
@@ -260,9 +270,9 @@ class ResumableTraining:
     """
 
     def __init__(
-        self, checkpoint_dir: str, save_dict: dict, resume: bool = False, n_saved: int = 1, map_location=None
+        self, checkpoint_dir: str, save_dict: dict, resume: bool | str = False, n_saved: int = 1, map_location=None
     ) -> None:
-        self.checkpoint_dir, self.save_dict, self.resume = checkpoint_dir, save_dict, resume
+        self.checkpoint_dir, self.save_dict, self.resume = checkpoint_dir, save_dict, _flag(resume, "resume")
         self.n_saved, self.map_location = n_saved, map_location
 
     def attach(self, engine: Engine) -> None:
