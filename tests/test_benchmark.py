@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,26 @@ def test_leave_source_out_reports_every_held_out_source_and_the_flat_region_chec
     margins = markdown.split("per modality and source\n\n")[1].split("\n\n")[0].splitlines()
     assert margins[0].count("|") == 2 + 1 + len(results["per_modality"]) + len(LEAVE_SOURCE_OUT) + 1
     assert "## Flat-region check: PSNR (dB)" in markdown
+
+
+def test_a_slice_whose_central_crop_is_blank_is_left_out(benchmark, tmp_path, ct_slice):
+    import SimpleITK as sitk
+
+    from scripts.data import LEAVE_SOURCE_OUT
+
+    image = (ct_slice[::2, ::2] * 255).astype(np.uint8)  # 256 x 256, real CT pixels
+    blank_centre = image.copy()
+    blank_centre[64:192, 64:192] = 0  # a mammogram's black background where the benchmark crops
+    for source in LEAVE_SOURCE_OUT:
+        (tmp_path / source).mkdir(parents=True)
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / source / "anatomy.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(blank_centre), str(tmp_path / LEAVE_SOURCE_OUT[-1] / "background.png"))
+
+    def names(crop):
+        return sorted(
+            Path(s["image_path"]).name
+            for s in benchmark.benchmark_slices(str(tmp_path), None, "leave-source-out", crop)
+        )
+
+    assert names(64).count("background.png") == 0 and names(64).count("anatomy.png") == len(LEAVE_SOURCE_OUT)
+    assert names(None).count("background.png") == 1, "the whole slice is not blank"
