@@ -3,6 +3,7 @@ Slicer): geometry, transform and units survive process(...), the input node is u
 background run reports progress and can be cancelled."""
 
 import importlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -388,3 +389,68 @@ def test_slicer_5_8_gets_told_to_upgrade(module, scene, monkeypatch):
     monkeypatch.setattr(module, "MINIMUM_PYTHON", (99, 0))
     with pytest.raises(module.ModuleError, match=r"needs 3D Slicer 5\.10 or later"):
         module.MedDenoiseLogic().ensureDependencies()
+
+
+def pump(qt, until, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not until() and time.monotonic() < deadline:
+        qt.process_events()
+        time.sleep(0.05)
+    assert until(), "timed out"
+
+
+def test_panel_runs_a_job_shows_its_log_and_switches_original_and_result(module, scene, ct_volume):
+    """The widget on the .ui's widgets (stand-in: only properties and signals PythonQt has): Apply becomes Cancel
+    and back, the log fills, GPU presence is reported, and the result can be compared with one click each way."""
+    import qt
+    import slicer
+    import torch
+
+    node = volume_node(scene, "CT", ct_volume[:2, :64, :64].copy())
+    widget = module.MedDenoiseWidget()
+    widget.setup()
+    ui = widget.ui
+    assert widget._parameterNode.inputVolume is node and ui.noticeLabel.text == module.NOT_FOR_DIAGNOSIS
+    assert not ui.progressBar.textVisible and not ui.compareButton.enabled and ui.applyButton.enabled
+    assert ui.noisePresetComboBox.itemText(ui.noisePresetComboBox.currentIndex) == module.DEFAULT_NOISE
+    assert [ui.axisComboBox.itemText(i) for i in range(3)] == module.slicePlaneLabels(OBLIQUE)
+    pump(qt, lambda: not ui.gpuLabel.text.startswith("Checking"))
+    assert ui.gpuLabel.text == (
+        f"NVIDIA GPU found: {torch.cuda.get_device_name(0)}"
+        if torch.cuda.is_available()
+        else "No NVIDIA GPU found: runs on the CPU"
+    )
+
+    widget._parameterNode.processor = module.Processor.CPU
+    ui.applyButton.click()
+    assert ui.applyButton.text == "Cancel" and ui.progressBar.textVisible and not ui.addNoiseButton.enabled
+    pump(qt, lambda: ui.applyButton.text == "Apply")
+    result = scene.nodes[-1]
+    assert re.match(r"Done in [\d.]+ s on CPU: CT \(denoised\); input ", ui.statusLabel.text), ui.statusLabel.text
+    assert "Denoising on CPU" in ui.logTextEdit.plainText and not qt.ACTIVE_TIMERS
+    assert slicer.util.slice_viewer_layers["background"].GetName() == "CT (denoised)"
+    assert ui.compareButton.enabled and ui.compareButton.text == "Show original"
+    ui.compareButton.click()
+    assert slicer.util.slice_viewer_layers["background"] is node and ui.compareButton.text == "Show denoised"
+    ui.compareButton.click()
+    assert slicer.util.slice_viewer_layers["background"].GetName() == "CT (denoised)" and result is not node
+
+    # A failing run ends with the panel back on Apply and the reason in the log.
+    ui.noisePresetComboBox.choose(0)
+    assert widget._parameterNode.noiseSpec == ui.noisePresetComboBox.itemText(0)
+    widget._parameterNode.modelPath = str(ROOT / "no-such-bundle")
+    widget.updateGUI()
+    assert "no-such-bundle" in ui.modelInfoLabel.text and ui.modelPathLineEdit.currentPath.endswith("no-such-bundle")
+    with pytest.raises(module.ModuleError):
+        ui.applyButton.click()  # Slicer's tryWithErrorDisplay shows the error and raises it again
+    assert ui.applyButton.text == "Apply" and slicer.util.dialogs
+
+    # Closing the scene during a run cancels it; the panel comes back on Apply with a fresh parameter node.
+    widget._parameterNode.modelPath = ""
+    ui.applyButton.click()
+    assert ui.applyButton.text == "Cancel"
+    scene.Clear()
+    pump(qt, lambda: ui.applyButton.text == "Apply")
+    assert ui.statusLabel.text == "Cancelled; nothing was changed." and not ui.compareButton.enabled
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is None and not qt.ACTIVE_TIMERS
+    widget.cleanup()

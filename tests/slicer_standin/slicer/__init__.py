@@ -34,9 +34,20 @@ class vtkMRMLNode:
 
 
 class vtkMRMLScriptedModuleNode(vtkMRMLNode):
+    """Parameters and the ModifiedEvent observers of a parameter node."""
+
     def __init__(self, name: str = "") -> None:
         super().__init__(name)
         self.parameters = {}
+        self.observers = {}
+
+    def AddObserver(self, event: int, callback) -> int:
+        tag = max(self.observers, default=0) + 1
+        self.observers[tag] = callback
+        return tag
+
+    def RemoveObserver(self, tag: int) -> None:
+        self.observers.pop(tag, None)
 
 
 class vtkMRMLScalarVolumeDisplayNode(vtkMRMLNode):

@@ -73,13 +73,36 @@ def parameterNodeWrapper(cls):
             for validator in validators:
                 validator.validate(value)
             self.parameterNode.parameters[name] = value
+            for tag, callback in list(self.parameterNode.observers.items()):  # ModifiedEvent, as in Slicer
+                if tag in self.parameterNode.observers:
+                    callback(self, 33)
 
         return property(get, set)
 
     def init(self, parameterNode) -> None:
         self.parameterNode = parameterNode
 
+    def connectGui(self, gui):
+        """Slicer binds each widget whose SlicerParameterName is a field; the stand-in checks the names and, as
+        Slicer's enum connector, fills a combo box bound to an enum with each member's ``label()`` (or name)."""
+        for widget in vars(gui).values():
+            name = widget._props.get("SlicerParameterName")
+            if name is None:
+                continue
+            if name not in hints:
+                raise AttributeError(f"{widget.name} is bound to {name!r}, which is no parameter")
+            datatype = hints[name]
+            if isinstance(datatype, type) and issubclass(datatype, enum.Enum) and widget._cls == "QComboBox":
+                if not widget._items:
+                    widget.addItems([getattr(datatype, "label", lambda member: member.name)(m) for m in datatype])
+                widget.setCurrentIndex(list(datatype).index(getattr(self, name)))
+        return object()
+
     namespace = {name: field(name, datatype) for name, datatype in hints.items()}
     namespace["__init__"] = init
+    namespace["connectGui"] = connectGui
+    namespace["AddObserver"] = lambda self, event, callback: self.parameterNode.AddObserver(event, callback)
+    namespace["RemoveObserver"] = lambda self, tag: self.parameterNode.RemoveObserver(tag)
+    namespace["disconnectGui"] = lambda self, tag: None
     namespace["__doc__"] = cls.__doc__
     return type(cls.__name__, (), namespace)

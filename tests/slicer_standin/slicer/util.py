@@ -4,8 +4,10 @@ with Slicer's signatures and errors (``updateVolumeFromArray`` raises RuntimeErr
 Installing is imitated: ``environment`` is the set of installed distribution names the installers add to (``None``:
 nothing is imitated); ``installs`` records every installation as ``(installer, requirements, options)``."""
 
+import contextlib
 import os
 import tempfile
+import types
 
 import numpy as np
 import slicer
@@ -88,15 +90,46 @@ def pip_install(requirements, **kwargs) -> None:
     _install("slicer.util.pip_install", requirements, **kwargs)
 
 
+def loadUI(path):
+    from .widgets import load_ui
+
+    return load_ui(path)
+
+
+def childWidgetVariables(widget):
+    return types.SimpleNamespace(**widget.children)
+
+
+def errorDisplay(text, windowTitle=None, parent=None, standardButtons=None, **kwargs) -> None:
+    dialogs.append(text)
+
+
+@contextlib.contextmanager
+def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
+    """As Slicer's: shows the error (not in testing mode) and raises it again."""
+    try:
+        yield
+    except Exception as error:
+        if show and not slicer.app.testingEnabled():
+            errorDisplay(f"{message}\n\n{error}" if message else str(error))
+        raise
+
+
 class VTKObservationMixin:
+    """Observes through the caller's ``AddObserver`` (the scene, a parameter node), as Slicer's mixin does."""
+
     def __init__(self) -> None:
         self.observations = []
 
     def addObserver(self, caller, event, callback) -> None:
-        self.observations.append((caller, event, callback))
+        self.observations.append((caller, event, callback, caller.AddObserver(event, callback)))
 
     def removeObserver(self, caller, event, callback) -> None:
-        self.observations.remove((caller, event, callback))
+        for observation in [o for o in self.observations if o[:3] == (caller, event, callback)]:
+            caller.RemoveObserver(observation[3])
+            self.observations.remove(observation)
 
     def removeObservers(self) -> None:
+        for caller, _, _, tag in self.observations:
+            caller.RemoveObserver(tag)
         self.observations.clear()
