@@ -11,7 +11,6 @@ black with its arguments, and the pre-commit hooks that would rewrite a submissi
 from __future__ import annotations
 
 import ast
-import filecmp
 import importlib.metadata
 import json
 import re
@@ -229,15 +228,18 @@ def test_pre_commit_hooks_leave_the_submission_unchanged(release_zip, tmp_path):
         opened.extractall(tmp_path / "release")
     release = tmp_path / "release" / NAME
     submission = Path(shutil.copytree(release, tmp_path / NAME, ignore=shutil.ignore_patterns("models")))
+    before = {path: file_hash(path) for path in submission.rglob("*") if path.is_file()}
     assert not [path for path in submission.rglob("*") if path.stat().st_mode & 0o111 and path.is_file()]
     for hook, (arguments, types) in HOOKS.items():
         result = run_tool(hook, *arguments, *hook_files(submission, types), cwd=submission)
         assert result.returncode == 0, f"{hook}: {result.stdout}{result.stderr}"
-    assert not filecmp.dircmp(release, submission).diff_files
+    assert {path: file_hash(path) for path in submission.rglob("*") if path.is_file()} == before, "a hook rewrote"
+    too_large = [path.name for path in submission.rglob("*") if path.stat().st_size > 1024 * 1024]
+    assert not too_large, f"check-added-large-files (--maxkb=1024) refuses {too_large}"
     model = Path(shutil.copy(release / "models" / "model.ts", tmp_path / "model.ts"))
-    before = file_hash(model)
+    shipped = file_hash(model)
     assert run_tool("end-of-file-fixer", str(model), cwd=tmp_path).returncode == 1
-    assert file_hash(model) != before, "end-of-file-fixer rewrites a model.ts, so its sha256 no longer matches"
+    assert file_hash(model) != shipped, "end-of-file-fixer rewrites a model.ts, so its sha256 no longer matches"
 
 
 def test_readme_works_inside_an_extracted_release(release, tmp_path, dicom_series_dir):
