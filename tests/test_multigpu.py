@@ -59,4 +59,4 @@ def test_multi_node_command_is_the_single_node_run():
     assert (multi.nnodes, multi.rdzv_backend, multi.rdzv_endpoint) == ("2", "c10d", "HOST:29500")
     assert multi.rdzv_id and multi.module and single.module
     assert (multi.training_script, multi.training_script_args) == (single.training_script, single.training_script_args)
-    assert single.training_script_args[-1] == "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"
+    assert single.training_script_args[-1] == "['configs/train.yaml','configs/multi_gpu_train.yaml']"
