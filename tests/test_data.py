@@ -228,3 +228,22 @@ def test_clean_target_filter_leaves_out_a_noisy_target_and_keeps_a_clean_one(tmp
     assert [item["group"] for item in filtered["left_out_noisy"]] == ["noisy"]
     assert filtered["training"][0]["noise_sigma"] <= MAX_TARGET_SIGMA < filtered["left_out_noisy"][0]["noise_sigma"]
     assert filtered["test"] == items, "test splits are never filtered"
+
+
+def test_a_series_refused_as_a_volume_still_gives_its_slices(tmp_path, ct_volume_int16):
+    import pydicom
+    from conftest import write_dicom_series
+
+    from scripts.data import read_planes
+
+    folder = write_dicom_series(tmp_path / "gap", ct_volume_int16)
+    last = sorted(folder.glob("*.dcm"))[-1]
+    ds = pydicom.dcmread(last)
+    ds.ImagePositionPatient = [0.0, 0.0, 40.0]  # a gap: the volume's spacing would change
+    ds.save_as(last)
+    (item,) = find_images(tmp_path)
+    with pytest.raises(ImageReadError, match="not evenly spaced"):
+        read_image(item["image"], item["series_uid"])
+    planes = read_planes(item)
+    np.testing.assert_array_equal(planes, ct_volume_int16)  # every slice, as stored, in position order
+    assert len(load_slices([item], progress=False)) == len(ct_volume_int16)

@@ -266,6 +266,31 @@ def make_datalist(
     return datalist
 
 
+def read_planes(item: dict) -> np.ndarray:
+    """An item's pixels as a K x H x W stack (K >= 1), in native units, for training and benchmarks.
+
+    Only the 2D slices matter here, so a DICOM series that :func:`scripts.image_io.read_image` refuses as a volume
+    (uneven spacing, a gap, a tilted gantry: its geometry would change) is read file by file, each slice as it is
+    stored (the shared data's head phantom, LIDC chest CT and TrioTim brain MR series).
+
+    Raises:
+        ImageReadError, InvalidImageError: as :func:`scripts.image_io.read_image`, when the files cannot be read
+            one by one either.
+    """
+    try:
+        array = read_image(item["image"], item.get("series_uid")).array
+    except ImageReadError:
+        files = dicom_series(item["image"]).get(item["series_uid"], []) if item.get("series_uid") else []
+        if len(files) < 2:
+            raise
+        planes = [read_image(path).array for path in files]
+        planes = [plane if plane.ndim == 3 else plane[None] for plane in planes]
+        if len({plane.shape[1:] for plane in planes}) != 1:
+            raise
+        array = np.concatenate(planes)
+    return array if array.ndim == 3 else array[None]
+
+
 def under(source: str, folders: Iterable[str]) -> bool:
     """Whether ``source`` (a folder relative to the data root, e.g. ``ct/sbu_covid_ct_slices/p1/axial``) is one of
     ``folders`` or lies inside one of them."""
@@ -327,8 +352,7 @@ def measure_target_noise(items: Iterable[dict], progress: bool = True) -> list[d
     measured = []
     for item in tqdm(list(items), desc="measuring target noise", unit="image", disable=not progress):
         try:
-            volume = read_image(item["image"], item.get("series_uid"))
-            sigma = estimate_noise_level(volume.array).sigma_scaled
+            sigma = estimate_noise_level(read_planes(item)).sigma_scaled
         except (ImageReadError, InvalidImageError) as error:
             tqdm.write(f"skipping {error}")
             continue
@@ -368,11 +392,10 @@ def load_slices(
     slices = []
     for item in tqdm(items, desc="loading images", unit="image", disable=not progress):
         try:
-            volume = read_image(item["image"], item.get("series_uid"))
+            array = read_planes(item)
         except (ImageReadError, InvalidImageError) as error:
             tqdm.write(f"skipping {error}")
             continue
-        array = volume.array if volume.array.ndim == 3 else volume.array[None]
         window = IntensityWindow.from_data(array)
         indices = np.arange(array.shape[0])
         if max_slices_per_volume and len(indices) > max_slices_per_volume:
