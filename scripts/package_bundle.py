@@ -4,6 +4,7 @@
     python scripts/package_bundle.py                       # dist/meddenoise_multimodal_denoising_v<version>.zip
     python scripts/package_bundle.py --output_dir dist --name multimodal_denoising
     python scripts/package_bundle.py --no_weights --weights_url https://example.org/releases/v0.1.0
+    python scripts/package_bundle.py --bundle my_bundle --record_hashes   # after training: sha256 into large_files.yml
 
 The zip holds one folder, ``meddenoise_<name>/``, with LICENSE, large_files.yml (sha256 of each weight file), configs/,
 docs/, scripts/ and the weights — no caches, runs, evaluation outputs or data. The check extracts it with the same safe
@@ -24,7 +25,7 @@ sys.path.insert(0, str(BUNDLE))
 
 import numpy as np  # noqa: E402
 
-from scripts.bundle_archive import extract_bundle, file_hash, pack_bundle  # noqa: E402
+from scripts.bundle_archive import extract_bundle, file_hash, pack_bundle, record_hashes  # noqa: E402
 from scripts.data import embedded_datalist  # noqa: E402
 from scripts.engine import denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import BundleError, MedDenoiseError  # noqa: E402
@@ -43,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--weights_url", default=None, help="base URL the weight files are published under (default: large_files.yml's)"
     )
     parser.add_argument("--skip_check", action="store_true", help="do not load the zip and run inference")
+    parser.add_argument(
+        "--record_hashes",
+        action="store_true",
+        help="only write the sha256 of the bundle's weight files into its large_files.yml (after training or export)",
+    )
     return parser.parse_args(argv)
 
 
@@ -65,6 +71,10 @@ def check_release(zip_path: Path, bundle_dir: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.record_hashes:
+            for entry in record_hashes(args.bundle):
+                print(f"{entry['path']}: sha256 {entry.get('hash_val', '(file absent)')}")
+            return 0
         zip_path = pack_bundle(
             args.bundle, args.output_dir, args.name, include_weights=not args.no_weights, weights_url=args.weights_url
         )

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from scripts.bundle_archive import record_hashes
 from scripts.engine import BUNDLE_ROOT, check_volume, denoise_volume, load_bundle, resolve_precision
 from scripts.errors import BundleError, CancelledError, InvalidImageError
 from scripts.image_io import read_image
@@ -172,6 +173,7 @@ def copy_bundle(tmp_path, network_def: dict | None = None, channels: int | None 
     folder = tmp_path / "bundle"
     shutil.copytree(BUNDLE_ROOT / "configs", folder / "configs")
     shutil.copytree(BUNDLE_ROOT / "models", folder / "models", ignore=shutil.ignore_patterns("*.ts"))
+    shutil.copy(BUNDLE_ROOT / "large_files.yml", folder)
     if network_def is not None:
         config = yaml.safe_load((folder / "configs" / "inference.json").read_text())
         config["network_def"] = network_def
@@ -206,6 +208,7 @@ def test_2_5d_bundle_feeds_neighbouring_slices(tmp_path, ct_volume_int16):
     from scripts.engine import build_network
 
     torch.save(build_network(network_def).state_dict(), bundle / "models" / "model.pt")
+    record_hashes(bundle)
     model = load_bundle(bundle, device="cpu")
     assert model.context == 1
     window = IntensityWindow.from_data(ct_volume_int16)

@@ -12,6 +12,7 @@ import torch
 import yaml
 from monai.bundle import ckpt_export, run
 
+from scripts.bundle_archive import record_hashes
 from scripts.engine import BUNDLE_ROOT, denoise_volume, load_bundle
 from scripts.errors import BundleError
 from scripts.image_io import Volume, read_image, write_image
@@ -64,6 +65,7 @@ def exported_bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("exported") / "bundle"
     shutil.copytree(CONFIGS, folder / "configs")
     shutil.copytree(BUNDLE_ROOT / "models", folder / "models", ignore=shutil.ignore_patterns("*.ts"))
+    shutil.copy(BUNDLE_ROOT / "large_files.yml", folder)
     ckpt_export(
         net_id="network_def",
         filepath=str(folder / "models" / "model.ts"),
@@ -71,26 +73,27 @@ def exported_bundle(tmp_path_factory):
         meta_file=str(folder / "configs" / "metadata.json"),
         config_file=str(folder / "configs" / "inference.json"),
     )
+    record_hashes(folder)
     return folder
 
 
 def test_torchscript_equals_checkpoint_on_a_real_slice(exported_bundle, ct_slice):
     checkpoint = load_bundle(exported_bundle, device="cpu")
-    scripted = load_bundle(exported_bundle, device="cpu", torchscript=True)
-    assert isinstance(scripted.network, torch.jit.ScriptModule)
+    # loaded directly: the engine runs only the shipped export (a TorchScript file is a program), and this one is new
+    scripted = torch.jit.load(str(exported_bundle / "models" / "model.ts"))
     odd = torch.from_numpy(np.ascontiguousarray(ct_slice[None, None, 100:281, 150:367]))  # 181 x 217: padded inside
     with torch.inference_mode():
-        expected, actual = checkpoint.network(odd), scripted.network(odd)
+        expected, actual = checkpoint.network(odd), scripted(odd)
     assert actual.shape == odd.shape
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
-def test_engine_runs_from_torchscript(exported_bundle, ct_volume_int16):
+def test_engine_runs_from_torchscript(ct_volume_int16):
     volume = ct_volume_int16[:3, :96, :112]
     # float32 both: bfloat16 rounds the two graphs' sums differently
-    checkpoint = load_bundle(exported_bundle, device="cpu", precision="float32")
+    checkpoint = load_bundle(BUNDLE_ROOT, device="cpu", precision="float32")
     from_checkpoint = denoise_volume(volume, checkpoint, float_output=True)
-    scripted = load_bundle(exported_bundle, device="cpu", torchscript=True, precision="float32")
+    scripted = load_bundle(BUNDLE_ROOT, device="cpu", torchscript=True, precision="float32")
     np.testing.assert_allclose(denoise_volume(volume, scripted, float_output=True), from_checkpoint, atol=1e-2)
 
 
@@ -100,7 +103,10 @@ def test_missing_or_broken_torchscript_is_named(tmp_path, exported_bundle):
     with pytest.raises(BundleError, match="TorchScript model is missing"):
         load_bundle(bundle, device="cpu", torchscript=True)
     (bundle / "models" / "model.ts").write_bytes((bundle / "models" / "model.pt").read_bytes())
-    with pytest.raises(BundleError, match="not a loadable TorchScript model"):
+    with pytest.raises(BundleError, match="does not match the sha256"):
+        load_bundle(bundle, device="cpu", torchscript=True)
+    record_hashes(bundle)
+    with pytest.raises(BundleError, match="not MedDenoise's own export"):
         load_bundle(bundle, device="cpu", torchscript=True)
 
 
@@ -123,7 +129,8 @@ def test_a_flat_picture_folder_with_a_window(tmp_path, ct_slice):
     assert 0 < np.abs(result.astype(int) - image).mean() < 20
 
 
-def test_command_line_runs_from_torchscript(exported_bundle, dicom_series_dir, tmp_path):
+def test_command_line_runs_from_torchscript(dicom_series_dir, tmp_path):
+    """The shipped bundle's own export (the only TorchScript file the engine runs) against its checkpoint."""
     from test_denoise_cli import SCRIPT
 
     spec = importlib.util.spec_from_file_location("denoise_cli_ts", SCRIPT)
@@ -131,18 +138,8 @@ def test_command_line_runs_from_torchscript(exported_bundle, dicom_series_dir, t
     spec.loader.exec_module(module)
     output = tmp_path / "ct.nrrd"
     assert (
-        module.main([str(dicom_series_dir), "-o", str(output), "--bundle", str(exported_bundle), "--torchscript",
-                     "--precision", "float32"]) == 0
+        module.main([str(dicom_series_dir), "-o", str(output), "--torchscript", "--precision", "float32"]) == 0
     )  # fmt: skip
     checkpoint = tmp_path / "ct_checkpoint.nrrd"
-    arguments = [
-        str(dicom_series_dir),
-        "-o",
-        str(checkpoint),
-        "--bundle",
-        str(exported_bundle),
-        "--precision",
-        "float32",
-    ]
-    assert module.main(arguments) == 0
+    assert module.main([str(dicom_series_dir), "-o", str(checkpoint), "--precision", "float32"]) == 0
     np.testing.assert_allclose(read_image(output).array, read_image(checkpoint).array, atol=1)

@@ -20,6 +20,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 
@@ -37,6 +38,31 @@ MAX_UNPACKED_BYTES = 4 << 30
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps make the same bundle give the same zip
 
 
+def read_config(path: str | os.PathLike) -> Any:
+    """A bundle's JSON or YAML file as plain data (``yaml.safe_load``: JSON is YAML, nothing evaluated).
+
+    Raises:
+        BundleError: for an unreadable file, text that is not UTF-8, invalid syntax, or nesting too deep to parse.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except OSError as error:
+        raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise BundleError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        kind = "JSON" if path.suffix == ".json" else "YAML/JSON"
+        raise BundleError(f"{path}: not valid {kind} ({_first_line(error)})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: nested too deeply to be a bundle configuration") from None
+
+
+def _first_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
+
+
 def validate_metadata(metadata: dict | str | os.PathLike, schema_file: str | os.PathLike = SCHEMA_FILE) -> dict:
     """Check a bundle's metadata against our schema (the zoo's required keys and this bundle's network format) and
     that its ``changelog`` has an entry for its ``version``; returns the metadata.
@@ -47,10 +73,9 @@ def validate_metadata(metadata: dict | str | os.PathLike, schema_file: str | os.
     import jsonschema
 
     if not isinstance(metadata, dict):
-        try:
-            metadata = json.loads(Path(metadata).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise BundleError(f"{metadata}: not a readable metadata JSON file ({error})") from None
+        metadata = read_config(metadata)
+        if not isinstance(metadata, dict):
+            raise BundleError("metadata.json: expected a JSON object with the bundle's metadata")
     schema = json.loads(Path(schema_file).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     problems = [
@@ -78,13 +103,70 @@ def large_files(bundle_dir: str | os.PathLike) -> list[dict]:
     path = Path(bundle_dir) / "large_files.yml"
     if not path.is_file():
         return []
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise BundleError(f"{path}: not valid YAML ({error})") from None
+    content = read_config(path) or {}
     entries = content.get("large_files", []) if isinstance(content, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
         raise BundleError(f"{path}: expected 'large_files:' followed by a list of entries with a 'path'")
+    return entries
+
+
+#: The only hash accepted for weight files: md5 collisions are cheap to make.
+HASH_TYPE = "sha256"
+
+
+def verify_weights(bundle_dir: str | os.PathLike, relative: str) -> None:
+    """Check a weight file against the sha256 that the bundle's ``large_files.yml`` records for it: every weight file
+    the engine loads, from a folder or a zip alike, must be listed there with ``hash_type: sha256`` and a
+    ``hash_val`` that matches (:func:`record_hashes` writes them after training).
+
+    Raises:
+        BundleError: the file is not listed, has no hash, another hash type, or a different sha256.
+    """
+    bundle_dir = Path(bundle_dir)
+    entries = [entry for entry in large_files(bundle_dir) if entry["path"] == relative]
+    record = f"record it with: python scripts/package_bundle.py {bundle_dir} --record_hashes"
+    if not entries or not entries[0].get("hash_val"):
+        where = "has no hash_val in" if entries else "is not listed in"
+        raise BundleError(
+            f"{bundle_dir / relative}: {where} the bundle's large_files.yml, so nothing shows the file is the one "
+            f"published; if you trained it yourself, {record}"
+        )
+    entry = entries[0]
+    if str(entry.get("hash_type", "")).lower() != HASH_TYPE:
+        raise BundleError(
+            f"{bundle_dir / relative}: large_files.yml gives its hash as {entry.get('hash_type')!r}; only {HASH_TYPE} "
+            f"is accepted for weights; {record}"
+        )
+    if file_hash(bundle_dir / relative) != str(entry["hash_val"]).lower():
+        raise BundleError(
+            f"{bundle_dir / relative}: does not match the sha256 in large_files.yml; the file is corrupt or was "
+            "altered: get the bundle again from its publisher"
+        )
+
+
+def shipped_hashes(relative: str) -> set[str]:
+    """The sha256 values the shipped bundle's ``large_files.yml`` records for ``relative`` (e.g. ``models/model.ts``)."""
+    return {
+        str(entry["hash_val"]).lower()
+        for entry in large_files(BUNDLE_ROOT)
+        if entry["path"] == relative and entry.get("hash_val") and entry.get("hash_type") == HASH_TYPE
+    }
+
+
+def record_hashes(bundle_dir: str | os.PathLike) -> list[dict]:
+    """Write the sha256 of every weight file present into the bundle folder's ``large_files.yml`` (after training or
+    exporting); entries of absent files are kept as they are. Returns the entries."""
+    bundle_dir = Path(bundle_dir)
+    entries = large_files(bundle_dir) or [{"path": "models/model.pt"}, {"path": "models/model.ts"}]
+    for entry in entries:
+        if (bundle_dir / entry["path"]).is_file():
+            entry.update(hash_type=HASH_TYPE, hash_val=file_hash(bundle_dir / entry["path"]))
+    path = bundle_dir / "large_files.yml"
+    comments = [line for line in path.read_text().splitlines(True) if line.startswith("#")] if path.is_file() else []
+    handle, temporary = tempfile.mkstemp(dir=bundle_dir, prefix=".large_files.yml.", suffix=".part")
+    with os.fdopen(handle, "w") as sink:
+        sink.write("".join(comments) + yaml.safe_dump({"large_files": entries}, sort_keys=False))
+    os.replace(temporary, path)
     return entries
 
 
@@ -171,6 +253,7 @@ def check_members(archive: zipfile.ZipFile, max_members: int = MAX_MEMBERS, max_
     top-level folder (zoo releases), or ``""`` when ``configs/metadata.json`` sits at the top (a zipped folder's content).
 
     Refused: absolute paths, drive letters, backslashes, ``..`` components, symbolic links and other special files,
+    a path given twice or as both a file and a folder, encrypted entries, compression other than stored/deflate,
     more than one top-level folder, more than ``max_members`` entries or ``max_bytes`` unpacked.
     """
     infos = archive.infolist()
@@ -179,7 +262,7 @@ def check_members(archive: zipfile.ZipFile, max_members: int = MAX_MEMBERS, max_
     total = sum(info.file_size for info in infos)
     if total > max_bytes:
         raise BundleError(f"{archive.filename}: unpacks to {total} bytes (limit {max_bytes}); refusing to extract")
-    tops = set()
+    tops, files, folders = set(), set(), set()
     for info in infos:
         name = info.filename
         parts = PurePosixPath(name).parts
@@ -187,7 +270,22 @@ def check_members(archive: zipfile.ZipFile, max_members: int = MAX_MEMBERS, max_
             raise BundleError(f"{archive.filename}: unsafe entry {name!r} (absolute path or '..'); refusing to extract")
         if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no Unix mode stored
             raise BundleError(f"{archive.filename}: entry {name!r} is a symbolic link or special file; refusing")
+        if info.flag_bits & 0x1:
+            raise BundleError(f"{archive.filename}: entry {name!r} is encrypted; a bundle zip is never encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise BundleError(
+                f"{archive.filename}: entry {name!r} uses compression method {info.compress_type}; bundle zips are "
+                "stored or deflated: build it with scripts/package_bundle.py"
+            )
+        path = PurePosixPath(*parts)
+        if path in files or (not info.is_dir() and path in folders):
+            raise BundleError(f"{archive.filename}: {name!r} appears twice or as both a file and a folder; refusing")
+        (folders if info.is_dir() else files).add(path)
+        folders.update(path.parents)
         tops.add(parts[0])
+    if files & folders:
+        clash = sorted(map(str, files & folders))[0]
+        raise BundleError(f"{archive.filename}: {clash!r} is both a file and a folder in the zip; refusing to extract")
     if "configs/metadata.json" in archive.namelist():
         return ""
     if len(tops) != 1 or not any(PurePosixPath(i.filename).parts[1:] for i in infos):
@@ -208,7 +306,8 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
 
     The folder is ``<cache_dir>/<sha256 of the zip>/<top-level folder>``, so the same zip is extracted once and a
     changed zip never reuses a stale copy. Extraction goes to a temporary folder that is renamed into place when
-    complete; weight files are checked against the hashes in the zip's ``large_files.yml``.
+    complete; weight files are checked against the hashes in the zip's ``large_files.yml``. The temporary folder's
+    name holds the extracting process's id, so one left by a killed process is removed by the next extraction.
     """
     zip_path = Path(zip_path)
     if not zip_path.is_file():
@@ -242,6 +341,11 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
                     raise
         except zipfile.BadZipFile as error:
             raise BundleError(f"{zip_path}: the zip is damaged ({error}); download or build it again") from None
+        except OSError as error:
+            raise BundleError(
+                f"{zip_path}: cannot be extracted into {destination.parent} ({error.strerror or error}); free space "
+                "there or set XDG_CACHE_HOME to a writable folder"
+            ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return destination / top

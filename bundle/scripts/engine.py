@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Callable
@@ -16,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from .bundle_archive import extract_bundle
+from .bundle_archive import extract_bundle, file_hash, read_config, shipped_hashes, verify_weights
 from .errors import BundleError, CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .networks import BlindSpotNetwork, DenoisingAutoencoder
@@ -35,6 +33,29 @@ NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
     "BlindSpotNetwork": BlindSpotNetwork,
 }
 _MONAI_NETWORKS = "monai.networks.nets."
+#: The ``monai.networks.nets`` classes a bundle may name: image-to-image networks (output the input's height and
+#: width) that take no argument to fetch pretrained weights and can be sized on the meta device before allocation.
+#: Others (classifiers, DenseNet/ResNet/FlexibleUNet with ``pretrained``, Transchex, which downloads BERT when built,
+#: SwinUNETR, which cannot be built on the meta device) are refused.
+MONAI_NETWORKS = (
+    "AttentionUnet",
+    "AutoEncoder",
+    "BasicUNet",
+    "DynUNet",
+    "HighResNet",
+    "MedNeXt",
+    "SegResNet",
+    "UNet",
+    "VNet",
+)
+#: Arguments that would read or download weights: a bundle's weights come from its models/model.pt alone.
+_FETCHING_ARGUMENT = re.compile(r"pretrain|url|download|hub|weights|checkpoint|path|file", re.IGNORECASE)
+#: Largest network a bundle may ask for: 100 M parameters (400 MB of float32 weights; the shipped one has 1.4 M,
+#: MONAI's largest 2D image-to-image networks about 10 M), counted on the meta device before anything is allocated.
+MAX_PARAMETERS = 100_000_000
+#: Side of the probe image every loaded network must map to an image of the same shape (the shipped network and the
+#: allowed MONAI ones take 64 x 64).
+_PROBE_SIDE = 64
 #: Pixels per forward pass when no batch size is given (two 512 x 512 slices). Bigger batches were not faster on CPU
 #: (scripts/bench_engine.py: 1.30 s/slice at batch 1, 1.32 at 4, 1.40 at 8) while every 512 x 512 slice in a batch
 #: holds about 200 MB of activations: at batch 8 the peak grew by 1.8 GB, far over the budget of a 300-slice CT.
@@ -88,14 +109,31 @@ class LoadedModel:
         """The network's float32 output for ``batch`` (B, C, H, W) in [0, 1] on ``device``, computed in ``precision``
         and averaged over ``views`` (:func:`predict_self_ensemble`); call it under ``torch.inference_mode()``."""
         with torch.autocast(self.device.type, self.precision, enabled=self.precision != torch.float32):
-            return predict_self_ensemble(self.network, batch, views).float()
+            output = predict_self_ensemble(self.network, batch, views)
+        if (
+            not isinstance(output, torch.Tensor)
+            or output.shape[:1] + output.shape[2:] != batch.shape[:1] + batch.shape[2:]
+        ):
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise BundleError(
+                f"{self.source}: the network maps an input of shape {tuple(batch.shape)} to {shape}, not to one image "
+                "of the input's size; it is not a denoising network"
+            )
+        if output.shape[1] not in (1, 2):
+            raise BundleError(
+                f"{self.source}: the network gives {output.shape[1]} output channels; a denoising network gives 1 "
+                "(or 2: the image and its prior variance)"
+            )
+        return output.float()
 
 
 def build_network(network_def: dict) -> torch.nn.Module:
     """Instantiate ``network_def`` (a config's ``{"_target_": ..., **args}``) from the allow-list only.
 
-    The target must be a MedDenoise network or a ``monai.networks.nets`` class, and every argument a plain value (no
-    ``$`` expression or ``@`` reference), so a bundle from elsewhere cannot run code through its config.
+    The target must be a MedDenoise network or one of :data:`MONAI_NETWORKS`, every argument a plain value (no
+    ``$`` expression or ``@`` reference) and none a way to fetch weights, so a bundle from elsewhere cannot run code or
+    reach the network through its config. The network is first built on the meta device (no memory) and refused
+    beyond :data:`MAX_PARAMETERS`, so an absurd size never reaches the allocator.
     """
     if not isinstance(network_def, dict) or "_target_" not in network_def:
         raise BundleError("network_def must be a mapping with a '_target_' naming the network class")
@@ -104,22 +142,32 @@ def build_network(network_def: dict) -> torch.nn.Module:
     for key, value in args.items():
         if isinstance(value, str) and value[:1] in ("$", "@", "%"):
             raise BundleError(f"network_def argument {key}={value!r} is an expression; only plain values are allowed")
+        if _FETCHING_ARGUMENT.search(str(key)) and value:
+            raise BundleError(
+                f"network_def argument {key}={value!r} would load or download weights; a bundle's weights come from "
+                "its models/model.pt only: remove the argument"
+            )
+    name = target[len(_MONAI_NETWORKS) :] if target.startswith(_MONAI_NETWORKS) else None
     if target in NETWORKS:
         cls = NETWORKS[target]
-    elif target.startswith(_MONAI_NETWORKS) and "." not in target[len(_MONAI_NETWORKS) :]:
+    elif name in MONAI_NETWORKS:
         import monai.networks.nets as nets
 
-        cls = getattr(nets, target[len(_MONAI_NETWORKS) :], None)
-        if cls is None:
-            raise BundleError(f"network_def names {target}, which monai.networks.nets does not have")
+        cls = getattr(nets, name)
     else:
-        raise BundleError(
-            f"network_def names {target!r}; allowed are {', '.join(sorted(NETWORKS))} and monai.networks.nets classes"
-        )
+        allowed = [*sorted(NETWORKS), *(_MONAI_NETWORKS + net for net in MONAI_NETWORKS)]
+        raise BundleError(f"network_def names {target!r}; allowed are {', '.join(allowed)}")
     try:
-        return cls(**args)
-    except (TypeError, ValueError) as error:
-        raise BundleError(f"network_def for {target} has invalid arguments: {error}") from None
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in cls(**args).parameters())
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+        raise BundleError(f"network_def for {target} has invalid arguments: {_first_line(error)}") from None
+    if parameters > MAX_PARAMETERS:
+        raise BundleError(
+            f"network_def for {target} asks for {parameters:,} parameters (limit {MAX_PARAMETERS:,}, "
+            f"{4 * parameters / 2**30:.1f} GiB of weights); the bundle is broken or not a denoising network"
+        )
+    return cls(**args)
 
 
 def read_bundle_config(bundle_dir: Path) -> tuple[dict, dict]:
@@ -127,21 +175,30 @@ def read_bundle_config(bundle_dir: Path) -> tuple[dict, dict]:
     meta_file = bundle_dir / "configs" / "metadata.json"
     if not meta_file.is_file():
         raise BundleError(f"{bundle_dir}: not a MONAI bundle (configs/metadata.json is missing)")
-    try:
-        metadata = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{meta_file}: not valid JSON ({error})") from None
+    metadata = read_config(meta_file)
+    if not isinstance(metadata, dict):
+        raise BundleError(f"{meta_file}: expected a JSON object with the bundle's metadata")
     for name in ("inference.yaml", "inference.json"):
         config_file = bundle_dir / "configs" / name
         if config_file.is_file():
-            try:
-                config = yaml.safe_load(config_file.read_text())  # JSON is YAML
-            except yaml.YAMLError as error:
-                raise BundleError(f"{config_file}: not valid YAML/JSON ({error})") from None
-            if not isinstance(metadata, dict):
-                raise BundleError(f"{meta_file}: expected a JSON object with the bundle's metadata")
+            config = read_config(config_file)
             return metadata, config if isinstance(config, dict) else {}
     raise BundleError(f"{bundle_dir}: configs/inference.yaml (or .json) is missing")
+
+
+def _input_channels(metadata: dict, bundle_dir: Path) -> int:
+    """``network_data_format.inputs.image.num_channels`` (default 1): 1 or 2k+1 neighbouring slices."""
+    channels: Any = metadata
+    for key in ("network_data_format", "inputs", "image"):
+        channels = channels.get(key, {}) if isinstance(channels, dict) else None
+        if not isinstance(channels, dict):
+            raise BundleError(f"{bundle_dir}: metadata {key} must be a JSON object; fix configs/metadata.json")
+    channels = channels.get("num_channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1 or channels % 2 == 0:
+        raise BundleError(
+            f"{bundle_dir}: metadata says {channels} input channels; expected 1 or 2k+1 neighbouring slices"
+        )
+    return channels
 
 
 #: Choices of :func:`resolve_precision`.
@@ -198,50 +255,73 @@ def load_bundle(
             "the bundle is not a release, get it again from its publisher"
         )
     device = resolve_device(device)
-    channels = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1)
-    if not isinstance(channels, int) or channels < 1 or channels % 2 == 0:
-        raise BundleError(
-            f"{bundle_dir}: metadata says {channels} input channels; expected 1 or 2k+1 neighbouring slices"
-        )
+    channels = _input_channels(metadata, bundle_dir)
     if torchscript:
-        network = _load_torchscript(bundle_dir / "models" / "model.ts", device)
+        network = _load_torchscript(bundle_dir, device)
     else:
         network = build_network(config.get("network_def", {}))
         if getattr(network, "in_channels", channels) != channels:
             raise BundleError(
                 f"{bundle_dir}: network_def takes {network.in_channels} input channels but the metadata says {channels}"
             )
-        _load_weights(network, bundle_dir / "models" / "model.pt")
+        _load_weights(network, bundle_dir)
+    _check_finite(network, bundle_dir)
     # Channels-last (NHWC) lets oneDNN run the convolutions without layout reorders: measured 1.5-2x faster per
     # 512x512 slice on CPU than the default NCHW (scripts/bench_engine.py); TorchScript freezing gained nothing more.
     network = network.to(device=device, memory_format=torch.channels_last).eval()
     compute_dtype = resolve_precision(precision, device, network)
-    return LoadedModel(
+    model = LoadedModel(
         network, device, context=channels // 2, metadata=metadata, source=str(bundle_dir), precision=compute_dtype
     )
+    with torch.inference_mode():
+        model.predict(torch.full((1, channels, _PROBE_SIDE, _PROBE_SIDE), 0.5, device=device))
+    return model
 
 
-def _load_weights(network: torch.nn.Module, checkpoint: Path) -> None:
+def _load_weights(network: torch.nn.Module, bundle_dir: Path) -> None:
+    """Load ``models/model.pt`` (hash-checked, :func:`scripts.bundle_archive.verify_weights`) into ``network``:
+    a state dict whose every tensor has the network's own name and shape."""
+    checkpoint = bundle_dir / "models" / "model.pt"
     if not checkpoint.is_file():
         raise BundleError(f"{checkpoint}: the model weights are missing; train the bundle or use a bundle with weights")
+    verify_weights(bundle_dir, "models/model.pt")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling failure means an unusable file
         raise BundleError(f"{checkpoint}: not a loadable weights file ({error})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    try:
-        result = network.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # same names, other shapes
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(
-            f"{checkpoint}: the weights do not fit network_def ({_first_line(error)}); "
-            "the checkpoint belongs to a different network"
-        ) from None
-    if result.missing_keys or result.unexpected_keys:
-        raise BundleError(
-            f"{checkpoint}: the weights do not fit network_def (missing: {result.missing_keys[:3]}, "
-            f"unexpected: {result.unexpected_keys[:3]}); the checkpoint belongs to a different network"
+            f"{checkpoint}: holds {type(state).__name__}, not a state dict of named tensors; "
+            "save the weights with torch.save(network.state_dict(), ...)"
         )
+    expected = network.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        raise BundleError(
+            f"{checkpoint}: the weights do not fit network_def (missing: {missing[:3]}, unexpected: {unexpected[:3]}); "
+            "the checkpoint belongs to a different network"
+        )
+    # load_state_dict accepts a one-element tensor for a scalar; a bundle's weights have the network's shapes exactly.
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise BundleError(
+                f"{checkpoint}: the weights do not fit network_def ({name} has shape {tuple(tensor.shape)}, the "
+                f"network {tuple(expected[name].shape)}); the checkpoint belongs to a different network"
+            )
+    network.load_state_dict(state)
+
+
+def _check_finite(network: torch.nn.Module, bundle_dir: Path) -> None:
+    """Refuse NaN/Inf weights or statistics: the network would turn every image into NaN (written as zeros)."""
+    for name, tensor in network.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(
+                f"{bundle_dir}: the weights hold NaN or Inf values ({name}); the model is broken, "
+                "retrain it or get the bundle again from its publisher"
+            )
 
 
 def _first_line(error: Exception) -> str:
@@ -250,13 +330,29 @@ def _first_line(error: Exception) -> str:
     return lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
 
 
-def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
+def _load_torchscript(bundle_dir: Path, device: torch.device) -> torch.nn.Module:
+    """The bundle's ``models/model.ts``, only if it is this bundle's own export.
+
+    A TorchScript file is a program, not data: its ``forward`` can read and write files (``torch.from_file``), loop
+    forever or do anything else TorchScript can, and no load option limits that. So only the export whose sha256 the
+    shipped bundle's ``large_files.yml`` records runs (the shipped bundle or its release zip); any other bundle runs
+    from its weights through the allow-list (:func:`build_network`), which gives the same result. No "trust" switch:
+    the user who would flip it cannot read a TorchScript file either.
+    """
+    path = bundle_dir / "models" / "model.ts"
     if not path.is_file():
-        bundle = path.parent.parent
         raise BundleError(
-            f"{path}: the TorchScript model is missing; export it with PYTHONPATH={bundle} python -m monai.bundle "
-            f"ckpt_export network_def --filepath {path} --ckpt_file {bundle / 'models' / 'model.pt'} "
-            f"--meta_file {bundle / 'configs' / 'metadata.json'} --config_file {bundle / 'configs' / 'inference.json'}"
+            f"{path}: the TorchScript model is missing; export it with PYTHONPATH={bundle_dir} python -m monai.bundle "
+            f"ckpt_export network_def --filepath {path} --ckpt_file {bundle_dir / 'models' / 'model.pt'} "
+            f"--meta_file {bundle_dir / 'configs' / 'metadata.json'} "
+            f"--config_file {bundle_dir / 'configs' / 'inference.json'}"
+        )
+    verify_weights(bundle_dir, "models/model.ts")
+    if file_hash(path) not in shipped_hashes("models/model.ts"):
+        raise BundleError(
+            f"{path}: this TorchScript file is not MedDenoise's own export (its sha256 is not the shipped one), and a "
+            "TorchScript file is a program that could read, write or run anything; run this bundle without "
+            "--torchscript, from its weights (models/model.pt), which give the same result"
         )
     try:
         return torch.jit.load(str(path), map_location=device)
