@@ -175,17 +175,18 @@ def adaptation_table(
                 "seconds": time.monotonic() - start,
                 "steps": adapted.metadata["adaptation"]["steps"],
                 "span": adapted.metadata["adaptation"]["span"],
+                "kept": adapted.metadata["adaptation"]["kept"],
             }
         )
     print(f"\nadapt to this scan: {noise} (never in the shipped model's training), {seconds:g} s budget per scan")
     print(
         f"{'modality':8s} {'image':28s} {'noisy':>6s} {'shipped':>8s} {'adapted':>8s} {'gain':>6s} {'s':>5s} {'steps':>6s}"
-        f" {'span':>4s}"
+        f" {'span':>4s} kept"
     )
     for r in rows:
         print(
             f"{r['modality']:8s} {r['image'][:28]:28s} {r['noisy']:6.2f} {r['shipped']:8.2f} {r['adapted']:8.2f}"
-            f" {r['adapted'] - r['shipped']:+6.2f} {r['seconds']:5.0f} {r['steps']:6d} {r['span']:4d}"
+            f" {r['adapted'] - r['shipped']:+6.2f} {r['seconds']:5.0f} {r['steps']:6d} {r['span']:4d} {r['kept']}"
         )
     gains = [r["adapted"] - r["shipped"] for r in rows]
     print(

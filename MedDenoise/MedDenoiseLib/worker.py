@@ -102,6 +102,7 @@ def denoise(args: argparse.Namespace) -> None:
     noise = str(level)
     if adaptation:  # what the adaptation found, for the status line
         noise += "; correlated over pixels" if adaptation["span"] else "; independent from pixel to pixel"
+        noise += "; adapting did not help, kept the model as it was" if adaptation["kept"] == "given" else ""
     emit(
         "done",
         output=args.output,

@@ -60,6 +60,9 @@ CORRELATED_RESIDUAL = 0.2
 CORRELATED_SCALE_RATIO = 2.5
 #: Blind-spot span for correlated noise: blurred noise of width 1 px is correlated 0.02 four pixels away.
 CORRELATED_SPAN = 3
+#: Longest adaptation :func:`adapt_model` accepts (an hour, as Slicer's setting): beyond it a typo such as 1e9 would
+#: run until killed.
+MAX_ADAPT_SECONDS = 3600.0
 
 
 class BlindSpotMask(RandomizableTransform):
@@ -567,14 +570,21 @@ def adapt_model(
             default twice the scan's estimated noise sigma (:func:`scripts.noise_level.estimate_noise_level`).
         max_steps: also stop after this many steps (reproducible work regardless of machine load).
 
+    Do no harm: after adapting, both models' squared error on the scan is estimated from the scan alone
+    (:func:`estimated_risks`), and the adapted model is kept only when its estimate is lower; otherwise the given
+    model comes back unchanged (``metadata["adaptation"]["kept"]`` says which).
+
     Returns:
-        A new :class:`LoadedModel` in eval mode whose ``metadata["adaptation"]`` records steps, seconds, the last
-        losses, the slowest step, the residual correlation, the noise scale ratio, span and margin.
+        A :class:`LoadedModel` in eval mode whose ``metadata["adaptation"]`` records steps, seconds, the last
+        losses, the slowest step, the residual correlation, the noise scale ratio, span, margin, both models'
+        estimated risks and which model was ``kept`` (``"adapted"`` or ``"given"``).
     """
     start = time.monotonic()
     volume = check_volume(volume, axis)
-    if not seconds > 0:
-        raise InvalidImageError(f"the adaptation time must be positive, got {seconds} seconds")
+    if not 0 < seconds <= MAX_ADAPT_SECONDS:
+        raise InvalidImageError(
+            f"the adaptation time must be more than 0 and at most {MAX_ADAPT_SECONDS:g} seconds, got {seconds}"
+        )
     window = window or IntensityWindow.from_data(volume)
     stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
     correlation, scale_ratio = _noise_correlation(model, stack, window)
@@ -619,6 +629,10 @@ def adapt_model(
         elapsed = time.monotonic() - start
         if progress is not None and progress(int(min(elapsed, seconds) * 1000), int(seconds * 1000)) is False:
             raise CancelledError(f"adaptation cancelled after {elapsed:.1f} s ({steps} steps); the model is unchanged")
+    # The adapted network still sees each pixel's own value when it denoises (it began as the given model), so the
+    # engine's blind-spot blend, made for networks that never see it, stays as the given model had it.
+    adapted = dataclasses.replace(model, network=network.eval())
+    given_risk, adapted_risk = estimated_risks([model, adapted], stack, window, span, margin, seed)
     record = {
         "steps": steps,
         "seconds": elapsed,
@@ -628,10 +642,63 @@ def adapt_model(
         "noise_scale_ratio": scale_ratio,
         "span": span,
         "margin": margin,
+        "given_risk": given_risk,
+        "adapted_risk": adapted_risk,
+        "kept": "adapted" if adapted_risk < given_risk else "given",
     }
-    # The adapted network still sees each pixel's own value when it denoises (it began as the given model), so the
-    # engine's blind-spot blend, made for networks that never see it, stays as the given model had it.
-    return dataclasses.replace(model, network=network.eval(), metadata={**model.metadata, "adaptation": record})
+    kept = adapted if record["kept"] == "adapted" else model
+    return dataclasses.replace(kept, metadata={**model.metadata, "adaptation": record})
+
+
+def estimated_risks(
+    models: Sequence[LoadedModel],
+    stack: np.ndarray,
+    window: IntensityWindow,
+    span: int = 0,
+    margin: float = 0.0,
+    seed: int = 0,
+    samples: int = 2,
+) -> list[float]:
+    """Each model's squared error to the clean scan, estimated from the noisy scan alone (lower is better; the
+    offset is the same for every model, so only their order matters), on up to ``samples`` evenly spaced whole slices
+    of ``stack`` (K x J x I, native units) with their neighbours: harm shows where the adaptation learnt little,
+    such as black air (its loss leaves out pixels near the clipping bounds), so no region is left out.
+
+    Noise independent from pixel to pixel (``span`` 0): Stein's unbiased risk estimate (:class:`SureInferer`,
+    :class:`SureLoss`, the slice's own noise sigma), which scores the output the model gives, each pixel's own noise
+    included. Measured on a real CT slice with white noise of 60 HU (in units of the noise variance): 0.60 and 2.99
+    for the shipped and an adapted model whose true errors were 0.62 and 3.03 (39.1 and 34.0 dB).
+    Noise correlated over pixels (``span`` > 0), where SURE's per-pixel form does not hold: the blind-spot loss
+    (:class:`BlindSpotLoss` with ``margin``) on blocks hidden as the adaptation hides them, drawn from their own seed:
+    a hidden pixel's noise is independent of all the model sees, so the loss is the model's error there plus the
+    noise variance. It scores predictions of hidden pixels, which the adapted model learnt and the shipped one did
+    not, so it leans towards adapting; the adaptation only hides blocks where the noise is correlated, which the
+    shipped model was not trained for.
+    """
+    depth = stack.shape[0]
+    context = models[0].context
+    indices = np.unique(np.linspace(0, depth - 1, min(samples, depth)).round().astype(int))
+    masking = BlindSpotMask(ratio=0.2 / (2 * span + 1) ** 2, radius=span + 2, span=span) if span else None
+    risks = np.zeros(len(models))
+    for number, index in enumerate(indices):
+        slices = window.forward(stack[np.clip(index + np.arange(-context, context + 1), 0, depth - 1)])[None]
+        noisy = torch.from_numpy(np.ascontiguousarray(slices[:, context : context + 1]))
+        if masking is None:
+            sigma = torch.full_like(noisy, slice_noise_sigma(slices[0, context]))
+            for which, model in enumerate(models):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed + number)  # the same probes for every model: their difference counts
+                    scored = SureInferer()(torch.from_numpy(slices).to(model.device), model.network).cpu()
+                risks[which] += float(SureLoss()(scored, torch.cat([noisy, sigma], 1)))
+        else:
+            masking.set_random_state(seed=seed + 1 + number)
+            masked, mask = masking(slices[0])
+            target = torch.cat([noisy, torch.from_numpy(mask)[None]], 1)
+            for which, model in enumerate(models):
+                with torch.inference_mode():
+                    prediction = model.predict(torch.from_numpy(masked[None]).to(model.device))[:, :1].cpu()
+                risks[which] += float(BlindSpotLoss(margin)(prediction, target))
+    return [float(risk) for risk in risks / len(indices)]
 
 
 def _noise_correlation(
