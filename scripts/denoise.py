@@ -20,11 +20,31 @@ pixels (then it hides blocks of pixels, not single ones).
 
 from __future__ import annotations
 
-import argparse
+import os
 import signal
 import sys
-import time
-from pathlib import Path
+
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C or SIGTERM before any work (the imports take seconds): nothing to clean up, so exit quietly now."""
+    print("denoise.py: interrupted while starting; nothing was written", file=sys.stderr)
+    os._exit(130)
+
+
+def _on_interrupt(handler) -> None:
+    """Handle Ctrl-C and SIGTERM with ``handler``, except a signal the caller ignores (a shell's background job)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    _on_interrupt(_interrupted_while_starting)
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 sys.path.insert(0, str(BUNDLE))
@@ -52,7 +72,7 @@ from scripts.image_io import (  # noqa: E402
 )
 from scripts.intensity import IntensityWindow  # noqa: E402
 from scripts.noise_level import MIN_SIDE, NoiseLevel, estimate_noise_level  # noqa: E402
-from scripts.selfsupervised import adapt_model  # noqa: E402
+from scripts.selfsupervised import MAX_ADAPT_SECONDS, adapt_model  # noqa: E402
 
 #: 2D picture formats that cannot be written back as they are (JPEG is lossy, the others unsupported) become PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm")
@@ -104,7 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--adapt", action="store_true", help="fine-tune on each input's own noise before denoising")
     parser.add_argument(
-        "--adapt-seconds", type=_positive_float, default=60.0, help="time spent adapting per input (default 60)"
+        "--adapt-seconds",
+        type=_adapt_seconds,
+        default=60.0,
+        help=f"time spent adapting per input (default 60, at most {MAX_ADAPT_SECONDS:g})",
     )
     return parser.parse_args(argv)
 
@@ -120,6 +143,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _adapt_seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and 0 < value <= MAX_ADAPT_SECONDS):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0 and at most {MAX_ADAPT_SECONDS:g}")
     return value
 
 
@@ -329,12 +359,25 @@ def adapt_file(array, name: str, model, window: IntensityWindow, args: argparse.
     record = adapted.metadata["adaptation"]
     side = 2 * record["span"] + 1
     kind = "correlated over pixels" if record["span"] else "independent from pixel to pixel"
+    kept = (
+        "kept"
+        if record["kept"] == "adapted"
+        else "kept the shipped model instead: the adapted one would not have been better on this scan"
+    )
     tqdm.write(
-        f"{name}: noise {kind}; adapted for {record['seconds']:.0f} s ({record['steps']} steps, {side}x{side} blind spot)"
+        f"{name}: noise {kind}; adapted for {record['seconds']:.0f} s ({record['steps']} steps, {side}x{side} blind "
+        f"spot), estimated error {record['adapted_risk']:.3g} against {record['given_risk']:.3g}: {kept}"
     )
     return adapted
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminated like Ctrl-C: clean up, write nothing
-    sys.exit(main())
+    # From here on Ctrl-C and SIGTERM raise KeyboardInterrupt: the run cleans up and writes nothing. One that lands
+    # outside main's own handler (e.g. while it reports an error) ends the same way, without a traceback.
+    _on_interrupt(signal.default_int_handler)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        _on_interrupt(signal.SIG_IGN)
+        print("denoise.py: interrupted; the file being denoised was not written", file=sys.stderr)
+        sys.exit(130)

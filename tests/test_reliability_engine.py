@@ -12,13 +12,16 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
+from test_zoo import load_tool
 
-from scripts.engine import denoise_volume, load_bundle
-from scripts.errors import InvalidImageError, MedDenoiseError
+from scripts.engine import LoadedModel, denoise_volume, load_bundle
+from scripts.errors import BundleError, InvalidImageError, MedDenoiseError
 from scripts.intensity import IntensityWindow
+from scripts.selfsupervised import adapt_model
 
 DTYPES = ("uint8", "int16", "uint16", "int32", "float16", "float32", "float64", "bool")
 #: Voxels per generated array: enough for 300-wide slices and thin slabs, small enough for a 2-core CI run.
@@ -162,3 +165,56 @@ def test_what_is_not_an_image_is_refused_by_name(model, kind, seed):
         denoise_volume(array, model)
     if before is not None:
         assert unchanged(np.asarray(array), before)
+
+
+class OneNumber(torch.nn.Module):
+    """A 'denoiser' that returns one value per slice (1 x 1): NumPy would broadcast it over the whole image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3), keepdim=True)
+
+
+class Pair(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+class ThreeChannels(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [(OneNumber(), r"to \(2, 1, 1, 1\)"), (Pair(), "to tuple"), (ThreeChannels(), "3 output channels")],
+    ids=["1x1", "tuple", "3-channels"],
+)
+def test_a_network_that_does_not_return_one_image_per_slice_is_refused(network, message):
+    """Before: a 1 x 1 output was broadcast into a flat image, a tuple gave a raw TypeError."""
+    volume = np.random.default_rng(0).normal(40, 300, (2, 24, 20)).astype(np.float32)
+    before = fingerprint(volume)
+    TALLY.bad_inputs += 1
+    with pytest.raises(BundleError, match=message):
+        denoise_volume(volume, LoadedModel(network, torch.device("cpu"), source="hostile"))
+    assert unchanged(volume, before)
+
+
+DENOISE = load_tool("denoise.py")
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "1e9", "1e300", "0", "-5", "3600.5"])
+def test_adapt_seconds_is_bounded(seconds, capsys):
+    """Before: inf gave an OverflowError traceback, 1e9 and 1e300 ran until killed."""
+    TALLY.bad_inputs += 1
+    with pytest.raises(SystemExit) as exit_:
+        DENOISE.parse_args(["in.nii", "-o", "out.nii", "--adapt", "--adapt-seconds", seconds])
+    assert exit_.value.code == 2 and "at most 3600" in capsys.readouterr().err
+    assert DENOISE.parse_args(["in.nii", "-o", "o.nii", "--adapt-seconds", "3600"]).adapt_seconds == 3600
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 1e9, 0.0])
+def test_adapt_model_refuses_an_unbounded_time(model, seconds):
+    """The Slicer worker calls adapt_model directly: the bound holds there too."""
+    TALLY.bad_inputs += 1
+    with pytest.raises(InvalidImageError, match="at most 3600 seconds"):
+        adapt_model(model, np.zeros((8, 8), np.float32), seconds=seconds)

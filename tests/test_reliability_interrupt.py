@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -86,3 +87,59 @@ def test_an_existing_output_is_kept_without_overwrite(long_ct, tmp_path):
     assert result.returncode == 1 and "--overwrite" in result.stderr
     assert output.read_bytes() == b"an earlier result"
     assert unchanged(long_ct, before)
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, "denoise.py ended before the signal"
+        assert time.monotonic() < deadline, "denoise.py never got there"
+        time.sleep(0.05)
+
+
+def _importing_torch(pid: int) -> bool:
+    """True once torch's library is mapped: the process is inside its start-up imports (or past them)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_starting_exits_quietly(long_ct, tmp_path, signum):
+    """Before: Ctrl-C during the start-up imports printed a KeyboardInterrupt traceback, SIGTERM killed silently."""
+    output = tmp_path / "out.nii.gz"
+    process, stderr = start(long_ct, "-o", output, "--device", "cpu")
+    _wait_for(lambda: _importing_torch(process.pid), process)
+    process.send_signal(signum)
+    TALLY.faults += 1
+    assert process.wait(timeout=120) == 130
+    time.sleep(0.2)  # the reader thread drains stderr
+    assert "Traceback" not in "".join(stderr) and "interrupted" in "".join(stderr), "".join(stderr)[-800:]
+    assert not output.exists()
+
+
+def test_sigterm_while_blocked_reading_exits_quietly(tmp_path):
+    """A detached header whose data file is /dev/stdin (a pipe nobody writes): the read blocks, or is refused; either
+    way SIGTERM or the refusal ends the run without a traceback. Before: a KeyboardInterrupt traceback."""
+    header = tmp_path / "blocked.nhdr"
+    header.write_text(
+        "NRRD0004\ntype: short\ndimension: 2\nsizes: 64 64\nencoding: raw\nendian: little\ndata file: /dev/stdin\n\n"
+    )
+    process = subprocess.Popen(
+        [*DENOISE, str(header), "-o", str(tmp_path / "out.nrrd"), "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=ctrl_c_on,
+    )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and not Path(f"/proc/{process.pid}/wchan").read_text().endswith("pipe_read"):
+        assert time.monotonic() < deadline, "denoise.py neither blocked nor ended"
+        time.sleep(0.1)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    TALLY.faults += 1
+    _, err = process.communicate(timeout=60)
+    assert process.returncode in (1, 130) and "Traceback" not in err.decode(), err.decode()[-800:]
+    assert not (tmp_path / "out.nrrd").exists()
