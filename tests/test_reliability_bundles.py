@@ -36,6 +36,14 @@ def bundle(tmp_path) -> Path:
     return folder
 
 
+def zipped(bundle: Path, archive: Path) -> Path:
+    """``bundle`` packed as ``archive`` under one top-level folder, as a release zip holds it."""
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in bundle.rglob("*"):
+            handle.write(path, f"b/{path.relative_to(bundle).as_posix()}")
+    return archive
+
+
 def refused(bundle: Path, message: str, rehash: bool = True, **options) -> BundleError:
     """Load a tampered bundle: it must be refused with ``message``, and its files stay as they were. ``rehash``
     records the tampered weights' hashes first, as an attacker who wrote the whole bundle would, so the defences
@@ -266,13 +274,9 @@ def test_the_shipped_bundle_records_the_sha256_of_its_weights():
 def test_a_zip_whose_large_files_yml_omits_the_weights_is_refused(bundle, tmp_path):
     _tamper_weights(bundle, lambda state: next(v for v in state.values() if v.is_floating_point()).mul_(-1))
     (bundle / "large_files.yml").write_text("large_files: []\n")
-    archive = tmp_path / "tampered.zip"
-    with zipfile.ZipFile(archive, "w") as handle:
-        for path in bundle.rglob("*"):
-            handle.write(path, f"b/{path.relative_to(bundle).as_posix()}")
     TALLY.faults += 1
     with pytest.raises(BundleError, match="is not listed"):
-        load_bundle(archive, device="cpu")
+        load_bundle(zipped(bundle, tmp_path / "tampered.zip"), device="cpu")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["NaN", "Inf"])
@@ -376,10 +380,7 @@ def test_a_killed_extraction_leaves_no_staging_folder_behind(tmp_path, bundle):
     import subprocess
     import sys
 
-    archive = tmp_path / "bundle.zip"
-    with zipfile.ZipFile(archive, "w") as handle:
-        for path in bundle.rglob("*"):
-            handle.write(path, f"b/{path.relative_to(bundle).as_posix()}")
+    archive = zipped(bundle, tmp_path / "bundle.zip")
     cache = tmp_path / "cache"
     killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     abandoned = cache / f".{'0' * 32}.{killed.stdout.strip()}.x1y2"  # a dead process's staging folder
@@ -436,10 +437,7 @@ def test_a_third_party_torchscript_program_never_runs(bundle, tmp_path, packed):
     victim.write_bytes(b"safe")
     source = _with_program(bundle, WritesAFile(str(victim)))
     if packed:
-        source = tmp_path / "hostile.zip"
-        with zipfile.ZipFile(source, "w") as handle:
-            for path in bundle.rglob("*"):
-                handle.write(path, f"b/{path.relative_to(bundle).as_posix()}")
+        source = zipped(bundle, tmp_path / "hostile.zip")
     TALLY.faults += 1
     with pytest.raises(BundleError, match="not MedDenoise's own export"):
         load_bundle(source, device="cpu", torchscript=True)

@@ -54,12 +54,13 @@ def read_config(path: str | os.PathLike) -> Any:
         raise BundleError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         kind = "JSON" if path.suffix == ".json" else "YAML/JSON"
-        raise BundleError(f"{path}: not valid {kind} ({_first_line(error)})") from None
+        raise BundleError(f"{path}: not valid {kind} ({_one_line(error)})") from None
     except RecursionError:
         raise BundleError(f"{path}: nested too deeply to be a bundle configuration") from None
 
 
-def _first_line(error: Exception) -> str:
+def _one_line(error: Exception) -> str:
+    """An error message on one line, at most 300 characters (YAML errors quote the offending lines)."""
     return " ".join(str(error).split())[:300]
 
 
