@@ -375,24 +375,6 @@ def test_zip_entries_that_cannot_be_extracted_plainly_are_refused(tmp_path, make
     assert unchanged(archive, before)
 
 
-def test_a_killed_extraction_leaves_no_staging_folder_behind(tmp_path, bundle):
-    """SIGKILL mid-extraction leaves its hidden staging folder; the next extraction removes it."""
-    import subprocess
-    import sys
-
-    archive = zipped(bundle, tmp_path / "bundle.zip")
-    cache = tmp_path / "cache"
-    killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    abandoned = cache / f".{'0' * 32}.{killed.stdout.strip()}.x1y2"  # a dead process's staging folder
-    (abandoned / "b" / "models").mkdir(parents=True)
-    (abandoned / "b" / "models" / "model.pt").write_bytes(bytes(1000))
-    alive = cache / f".{'1' * 32}.{__import__('os').getpid()}.x1y2"  # a running extraction's: kept
-    alive.mkdir()
-    TALLY.faults += 1
-    extract_bundle(archive, cache_dir=cache)
-    assert not abandoned.exists() and alive.exists()
-
-
 class WritesAFile(torch.nn.Module):
     """A TorchScript program that writes into ``path`` whenever it runs: what a hostile model.ts can do."""
 

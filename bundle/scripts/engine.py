@@ -160,7 +160,7 @@ def build_network(network_def: dict) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             parameters = sum(p.numel() for p in cls(**args).parameters())
-    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+    except (TypeError, ValueError, RuntimeError) as error:  # NotImplementedError included
         raise BundleError(f"network_def for {target} has invalid arguments: {_first_line(error)}") from None
     if parameters > MAX_PARAMETERS:
         raise BundleError(
