@@ -58,7 +58,7 @@ from scripts.dicom_writer import (  # noqa: E402
     is_dicom_input,
     write_derived_series,
 )
-from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, check_volume, denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
 from scripts.image_io import (  # noqa: E402
     MAX_IMAGE_BYTES,
@@ -73,6 +73,7 @@ from scripts.image_io import (  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
 from scripts.noise_level import MIN_SIDE, NoiseLevel, estimate_noise_level  # noqa: E402
 from scripts.selfsupervised import MAX_ADAPT_SECONDS, adapt_model  # noqa: E402
+from scripts.slices import check_volume  # noqa: E402
 
 #: 2D picture formats that cannot be written back as they are (JPEG is lossy, the others unsupported) become PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm")

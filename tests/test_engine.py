@@ -11,12 +11,13 @@ import torch
 import yaml
 
 from scripts.bundle_archive import record_hashes
-from scripts.engine import BUNDLE_ROOT, check_volume, denoise_volume, load_bundle, resolve_precision
+from scripts.engine import BUNDLE_ROOT, denoise_volume, load_bundle, resolve_precision
 from scripts.errors import BundleError, CancelledError, InvalidImageError
 from scripts.image_io import read_image
 from scripts.intensity import IntensityWindow
 from scripts.metrics import image_metrics
 from scripts.noise import parse_noise
+from scripts.slices import check_volume
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +195,14 @@ def test_weights_that_do_not_fit_network_def_are_refused(tmp_path):
 def test_metadata_channels_must_match_network(tmp_path):
     with pytest.raises(BundleError, match="takes 1 input channels but the metadata says 3"):
         load_bundle(copy_bundle(tmp_path, channels=3), device="cpu")
+
+
+def test_metadata_blind_spot_must_be_true_or_false(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({**metadata, "blind_spot": "yes"}))
+    with pytest.raises(BundleError, match="blind_spot is 'yes'; it must be true or false"):
+        load_bundle(bundle, device="cpu")
 
 
 def test_untrusted_network_targets_are_refused(tmp_path):

@@ -13,9 +13,9 @@ import pytest
 from conftest import write_dicom_series
 from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
 
-from scripts.engine import check_volume
 from scripts.errors import ImageReadError, ImageWriteError, InvalidImageError, MedDenoiseError
 from scripts.image_io import read_image, write_image
+from scripts.slices import check_volume
 
 FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif", ".png", ".dcm")
 #: Cut points as fractions of the file, and the last byte alone.

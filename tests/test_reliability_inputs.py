@@ -19,9 +19,9 @@ import pytest
 from conftest import write_dicom_series
 from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
 
-from scripts.engine import check_volume
 from scripts.errors import ImageReadError, InvalidImageError
 from scripts.image_io import read_image, write_image
+from scripts.slices import check_volume
 
 
 @pytest.fixture(scope="module", autouse=True)

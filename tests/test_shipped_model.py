@@ -3,12 +3,18 @@ its metadata, and its two files agree. Its quality targets live in scripts/bench
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE, ROOT
+from monai.bundle import ConfigParser
 
+from scripts.bundle_archive import record_hashes
 from scripts.data import center_crop, embedded_datalist, load_slices
 from scripts.engine import denoise_volume, load_bundle
 from scripts.intensity import IntensityWindow
@@ -16,6 +22,15 @@ from scripts.metrics import image_metrics
 from scripts.noise import DEFAULT_SETTINGS, parse_noise
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
+UNIT_WINDOW = IntensityWindow(0.0, 1.0)
+
+
+def _bench_selfsupervised():
+    """``scripts/bench_selfsupervised.py`` (a runnable file, not a package): the benchmark's own loader."""
+    spec = importlib.util.spec_from_file_location("bench_selfsupervised", ROOT / "scripts" / "bench_selfsupervised.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +84,9 @@ def test_denoising_improves_psnr_on_real_images(shipped, clean_crops, spec, moda
 
 def test_shipped_selfsupervised_model_loads_in_its_config_network_and_denoises(clean_crops):
     """models/model_selfsupervised.pt (trained on noisy images only) fits train_selfsupervised.yaml's network."""
-    spec = importlib.util.spec_from_file_location("bench_selfsupervised", ROOT / "scripts" / "bench_selfsupervised.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    model = bench.load_selfsupervised(BUNDLE / "models" / "model_selfsupervised.pt", torch.device("cpu"))
+    model = _bench_selfsupervised().load_selfsupervised(
+        BUNDLE / "models" / "model_selfsupervised.pt", torch.device("cpu")
+    )
     assert model.blind_spot
     noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
     noise.set_random_state(seed=0)
@@ -83,4 +97,41 @@ def test_shipped_selfsupervised_model_loads_in_its_config_network_and_denoises(c
             image_metrics(noisy, clean[0].numpy())["psnr"],
             image_metrics(denoised, clean[0].numpy())["psnr"],
         )
+        assert after > before + 3.0, f"{modality}: PSNR {before:.2f} dB noisy -> {after:.2f} dB"
+
+
+def test_selfsupervised_bundle_loads_as_blind_spot_and_blends(clean_crops, tmp_path):
+    """A bundle of models/model_selfsupervised.pt whose metadata says ``"blind_spot": true`` loads through the product
+    path (load_bundle) as a blind-spot model, so the engine blends the prediction with the input as the README says:
+    the same output as the benchmark's loader, not the network's unblended mean, and cleaner than the input."""
+    bundle = tmp_path / "selfsupervised_bundle"
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    shutil.copy(BUNDLE / "models" / "model_selfsupervised.pt", bundle / "models" / "model.pt")
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.yaml", "train_selfsupervised.yaml")])
+    for name in ("inference.yaml", "inference.json"):
+        (bundle / "configs" / name).unlink(missing_ok=True)
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": parser.get("network_def")}))
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({**metadata, "blind_spot": True}))
+    record_hashes(bundle)
+
+    model = load_bundle(bundle, device="cpu", precision="float32")
+    assert model.blind_spot
+    benchmarked = _bench_selfsupervised().load_selfsupervised(
+        BUNDLE / "models" / "model_selfsupervised.pt", model.device
+    )
+    unblended = dataclasses.replace(model, blind_spot=False)
+    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
+    noise.set_random_state(seed=0)
+    for modality, clean in clean_crops.items():
+        noisy, clean = noise(clean)[0].numpy(), clean[0].numpy()
+        blended = denoise_volume(noisy, model, UNIT_WINDOW, float_output=True)
+        np.testing.assert_allclose(
+            blended, denoise_volume(noisy, benchmarked, UNIT_WINDOW, float_output=True), atol=1e-5
+        )
+        mean_only = denoise_volume(noisy, unblended, UNIT_WINDOW, float_output=True)
+        assert np.abs(blended - mean_only).max() > 0.01, f"{modality}: the engine did not blend"
+        before, after = image_metrics(noisy, clean)["psnr"], image_metrics(blended, clean)["psnr"]
         assert after > before + 3.0, f"{modality}: PSNR {before:.2f} dB noisy -> {after:.2f} dB"

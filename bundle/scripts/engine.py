@@ -20,6 +20,8 @@ from .bundle_archive import extract_bundle, file_hash, read_config, shipped_hash
 from .errors import BundleError, CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .networks import BlindSpotNetwork, DenoisingAutoencoder
+from .noise_level import noise_share, posterior_mean, slice_noise_sigma
+from .slices import check_volume, slice_stack, unstack
 
 #: ``progress(done, total)`` after each batch; returning ``False`` cancels the run.
 ProgressCallback = Callable[[int, int], bool | None]
@@ -60,7 +62,6 @@ _PROBE_SIDE = 64
 #: (scripts/bench_engine.py: 1.30 s/slice at batch 1, 1.32 at 4, 1.40 at 8) while every 512 x 512 slice in a batch
 #: holds about 200 MB of activations: at batch 8 the peak grew by 1.8 GB, far over the budget of a 300-slice CT.
 BATCH_PIXELS = 2 * 512 * 512
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Side of the square tiles a slice larger than TILE x TILE pixels (a 20000 x 20000 radiograph) is denoised in: the
 #: network's activations stay those of one 2048 x 2048 tile whatever the image's size (a 2048^2 slice denoised whole
 #: peaked 0.62 GB above the loaded model on CPU). Smaller slices go whole: 0.25-overlapping 512 x 512 tiles took 2.9x
@@ -242,6 +243,8 @@ def load_bundle(
     Weights come from ``models/model.pt`` (a state dict, loaded with ``weights_only=True``) into the network built by
     :func:`build_network`; with ``torchscript=True`` from ``models/model.ts``. The network's input channels must match
     the metadata (``network_data_format.inputs.image.num_channels``). ``precision``: see :func:`resolve_precision`.
+    A bundle whose metadata holds ``"blind_spot": true`` (a model trained with the blind-spot objective,
+    ``configs/train_selfsupervised.yaml``) loads as :attr:`LoadedModel.blind_spot`, so the engine blends its output.
     """
     bundle_dir = Path(bundle) if bundle else BUNDLE_ROOT
     if bundle_dir.suffix.lower() == ".zip":
@@ -254,6 +257,9 @@ def load_bundle(
             f"{bundle_dir}: metadata version {metadata.get('version')!r} is not a semantic version such as 0.1.0; "
             "the bundle is not a release, get it again from its publisher"
         )
+    blind_spot = metadata.get("blind_spot", False)
+    if not isinstance(blind_spot, bool):
+        raise BundleError(f"{bundle_dir}: metadata blind_spot is {blind_spot!r}; it must be true or false")
     device = resolve_device(device)
     channels = _input_channels(metadata, bundle_dir)
     if torchscript:
@@ -271,7 +277,13 @@ def load_bundle(
     network = network.to(device=device, memory_format=torch.channels_last).eval()
     compute_dtype = resolve_precision(precision, device, network)
     model = LoadedModel(
-        network, device, context=channels // 2, metadata=metadata, source=str(bundle_dir), precision=compute_dtype
+        network,
+        device,
+        context=channels // 2,
+        metadata=metadata,
+        source=str(bundle_dir),
+        blind_spot=blind_spot,
+        precision=compute_dtype,
     )
     with torch.inference_mode():
         model.predict(torch.full((1, channels, _PROBE_SIDE, _PROBE_SIDE), 0.5, device=device))
@@ -360,34 +372,6 @@ def _load_torchscript(bundle_dir: Path, device: torch.device) -> torch.nn.Module
         raise BundleError(f"{path}: not a loadable TorchScript model ({error})") from None
 
 
-def check_volume(volume: Any, axis: int = 0) -> np.ndarray:
-    """Validate an input array for :func:`denoise_volume`; raises :class:`InvalidImageError` naming the problem."""
-    if not isinstance(volume, np.ndarray):
-        raise InvalidImageError(f"expected a NumPy array, got {type(volume).__name__}")
-    if volume.ndim not in (2, 3):
-        raise InvalidImageError(
-            f"expected a 2D image or a 3D volume, got {volume.ndim}D of shape {volume.shape}; split 4D series first"
-        )
-    if volume.size == 0:
-        raise InvalidImageError(f"the image is empty (shape {volume.shape})")
-    if volume.dtype.kind not in "uif":
-        kind = {"b": "boolean (a mask?)", "c": "complex (use the magnitude)"}.get(volume.dtype.kind, str(volume.dtype))
-        raise InvalidImageError(f"cannot denoise a {kind} image; give grey intensities (integer or float)")
-    if volume.dtype.kind == "f":
-        bad = volume.size - int(np.count_nonzero(np.isfinite(volume)))
-        if bad:
-            raise InvalidImageError(f"the image has {bad} NaN/Inf voxels; fill or mask them before denoising")
-        largest = max(-float(volume.min()), float(volume.max()))
-        if largest > _FLOAT32_MAX:  # float64 beyond float32 would become Inf inside the network
-            raise InvalidImageError(
-                f"the image has values up to {largest:.3g}, beyond the float32 range (±{_FLOAT32_MAX:.3g}) the network "
-                "computes in; rescale it (e.g. to its physical units) before denoising"
-            )
-    if not -volume.ndim <= axis < volume.ndim or (volume.ndim == 2 and axis not in (0, -2)):
-        raise InvalidImageError(f"axis {axis} does not fit a {volume.ndim}D image (use 0, 1 or 2 for volumes)")
-    return volume
-
-
 #: Views of the self-ensemble as (quarter turns, mirror), in the order used: the first 2, 4 or all 8.
 ENSEMBLE_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
 #: Self-ensemble sizes: each is a group of flips/rotations, so every view has its mirror or turn in the mean.
@@ -471,14 +455,11 @@ def denoise_volume(
         raise InvalidImageError(f"batch size {batch_size} must be at least 1")
     window = window or IntensityWindow.from_data(volume)
     out_dtype = np.dtype(np.float32) if float_output else volume.dtype
-    stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
+    stack = slice_stack(volume, axis)
     batch_size = batch_size or max(1, BATCH_PIXELS // (stack.shape[1] * stack.shape[2]))
     output = np.empty(stack.shape, dtype=out_dtype)
     total = stack.shape[0]
     offsets = np.arange(-model.context, model.context + 1)
-    if model.blind_spot:
-        # imported here: noise_level builds on this module's checks
-        from .noise_level import noise_share, posterior_mean, slice_noise_sigma
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             indices = np.arange(start, min(total, start + batch_size))
@@ -506,8 +487,7 @@ def denoise_volume(
             output[indices] = _cast(result, out_dtype)
             if progress is not None and progress(int(indices[-1]) + 1, total) is False:
                 raise CancelledError(f"cancelled after {int(indices[-1]) + 1} of {total} slices; nothing was written")
-    output = np.moveaxis(output, 0, axis if volume.ndim == 3 else 0)
-    return output[0] if volume.ndim == 2 else output
+    return unstack(output, volume, axis)
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from .data import embedded_datalist, find_images
 from .dicom_writer import Derivation, dicom_files, is_dicom_input, write_derived_series
-from .engine import LoadedModel, check_volume, denoise_volume
+from .engine import LoadedModel, denoise_volume
 from .errors import ImageReadError, InvalidImageError
 from .image_io import read_image, stem, write_image
 from .intensity import IntensityWindow
+from .slices import check_volume
 
 #: Where :class:`LoadVolumed` keeps an image's path and geometry (a :class:`scripts.image_io.Volume`) and
 #: :class:`IntensityWindowd` its window: ``f"{key}{postfix}"``, MONAI's ``image_meta_dict`` style.
@@ -75,7 +76,7 @@ class LoadVolumed(MapTransform):
 
 
 class IntensityWindowd(MapTransform):
-    """Check that ``data[key]`` is a grey image sliceable along ``axis`` (:func:`scripts.engine.check_volume`) and
+    """Check that ``data[key]`` is a grey image sliceable along ``axis`` (:func:`scripts.slices.check_volume`) and
     choose the native-units window the slice engine maps to [0, 1]: ``window`` ``[LOW, HIGH]`` for every image, or
     ``None`` for each image's own (:meth:`IntensityWindow.from_data`, as in training). The window goes to
     ``data[key + "_window"]``; the scaling itself happens batch by batch in :class:`SliceInferer`, so a whole scaled

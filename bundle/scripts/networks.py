@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from .noise_level import CLIP_MARGIN, MAD_TO_SIGMA, MIN_USABLE_FRACTION, REFINEMENTS
+
 #: Width of the noise-level embedding that :class:`NoiseLevelFiLM` blocks read.
 _NOISE_EMBEDDING = 32
 _FINAL_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "clamp": lambda: nn.Hardtanh(0.0, 1.0), None: nn.Identity}
@@ -78,15 +80,6 @@ class RefineBlock(nn.Module):
         return x + self.body(x)
 
 
-# The noise readout's constants, shared by SliceNoiseSigma and scripts.noise_level.slice_noise_sigma (defined here:
-# noise_level imports the engine, which imports this module).
-#: Donoho's constant: the median absolute value of a standard normal variable.
-MAD_TO_SIGMA = 0.6745
-#: Coefficients whose local mean is closer than this many sigmas to the slice's extremes may hold clipped noise.
-CLIP_MARGIN = 2.0
-REFINEMENTS = 3
-#: Keep refining only while at least this fraction of the coefficients is far from the extremes.
-MIN_USABLE_FRACTION = 0.05
 #: db2 analysis filters (``pywt.Wavelet("db2").dec_lo`` / ``dec_hi``), reversed: torch correlates, pywt convolves.
 _DB2_LOW = (0.48296291314453416, 0.8365163037378079, 0.2241438680420134, -0.12940952255126037)
 _DB2_HIGH = (-0.12940952255126037, -0.2241438680420134, 0.8365163037378079, -0.48296291314453416)

@@ -19,10 +19,18 @@ import dataclasses
 import numpy as np
 import pywt
 
-from .engine import check_volume
 from .errors import InvalidImageError
 from .intensity import IntensityWindow
-from .networks import CLIP_MARGIN, MAD_TO_SIGMA, MIN_USABLE_FRACTION, REFINEMENTS
+from .slices import check_volume, slice_stack
+
+#: Donoho's constant: the median absolute value of a standard normal variable.
+MAD_TO_SIGMA = 0.6745
+#: Coefficients whose local mean is closer than this many sigmas to the slice's extremes may hold clipped noise.
+CLIP_MARGIN = 2.0
+#: Times sigma is re-estimated without the coefficients near the extremes.
+REFINEMENTS = 3
+#: Keep refining only while at least this fraction of the coefficients is far from the extremes.
+MIN_USABLE_FRACTION = 0.05
 
 #: Bound on the log prior variance a posterior blind-spot network predicts (e^-16: a standard deviation of 3e-4).
 LOG_PRIOR_BOUND = 16.0
@@ -134,7 +142,7 @@ def estimate_noise_level(
     """
     volume = check_volume(volume, axis)
     window = window or IntensityWindow.from_data(volume)
-    stack = np.moveaxis(volume, axis, 0) if volume.ndim == 3 else volume[None]
+    stack = slice_stack(volume, axis)
     if min(stack.shape[1:]) < MIN_SIDE:
         raise InvalidImageError(
             f"slices of shape {stack.shape[1:]} are too small to estimate noise; each side needs {MIN_SIDE} pixels"

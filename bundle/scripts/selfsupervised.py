@@ -38,7 +38,7 @@ from scipy import ndimage
 from torch import nn
 
 from .data import center_crop
-from .engine import LoadedModel, ProgressCallback, check_volume, denoise_volume
+from .engine import LoadedModel, ProgressCallback, denoise_volume
 from .errors import CancelledError, InvalidImageError
 from .intensity import IntensityWindow
 from .networks import SliceNoiseSigma
@@ -50,6 +50,7 @@ from .noise_level import (
     residual_correlation,
     slice_noise_sigma,
 )
+from .slices import check_volume, slice_stack
 
 #: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
 _SOURCE_DRAWS = 32
@@ -586,7 +587,7 @@ def adapt_model(
             f"the adaptation time must be more than 0 and at most {MAX_ADAPT_SECONDS:g} seconds, got {seconds}"
         )
     window = window or IntensityWindow.from_data(volume)
-    stack = np.moveaxis(volume[None] if volume.ndim == 2 else volume, axis if volume.ndim == 3 else 0, 0)
+    stack = slice_stack(volume, axis)
     correlation, scale_ratio = _noise_correlation(model, stack, window)
     if span is None:
         correlated = correlation > CORRELATED_RESIDUAL or scale_ratio > CORRELATED_SCALE_RATIO

@@ -1,0 +1,57 @@
+"""Volume checks and slice views shared by the engine, the noise readout and adapt-to-this-scan.
+
+The bottom of the import graph (it imports only ``errors``): every module that takes a volume checks it here and walks
+its slices here, so none of them imports another to do so.
+
+>>> volume = check_volume(volume, axis=0)   # K x J x I or J x I, raises InvalidImageError naming the problem
+>>> stack = slice_stack(volume, axis=0)     # K x J x I view (1 x J x I for an image), never a copy
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidImageError
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_volume(volume: Any, axis: int = 0) -> np.ndarray:
+    """Validate a 2D image or 3D volume to denoise along ``axis``; raises :class:`InvalidImageError` naming the
+    problem and what to do, else returns ``volume`` unchanged."""
+    if not isinstance(volume, np.ndarray):
+        raise InvalidImageError(f"expected a NumPy array, got {type(volume).__name__}")
+    if volume.ndim not in (2, 3):
+        raise InvalidImageError(
+            f"expected a 2D image or a 3D volume, got {volume.ndim}D of shape {volume.shape}; split 4D series first"
+        )
+    if volume.size == 0:
+        raise InvalidImageError(f"the image is empty (shape {volume.shape})")
+    if volume.dtype.kind not in "uif":
+        kind = {"b": "boolean (a mask?)", "c": "complex (use the magnitude)"}.get(volume.dtype.kind, str(volume.dtype))
+        raise InvalidImageError(f"cannot denoise a {kind} image; give grey intensities (integer or float)")
+    if volume.dtype.kind == "f":
+        bad = volume.size - int(np.count_nonzero(np.isfinite(volume)))
+        if bad:
+            raise InvalidImageError(f"the image has {bad} NaN/Inf voxels; fill or mask them before denoising")
+        largest = max(-float(volume.min()), float(volume.max()))
+        if largest > _FLOAT32_MAX:  # float64 beyond float32 would become Inf inside the network
+            raise InvalidImageError(
+                f"the image has values up to {largest:.3g}, beyond the float32 range (±{_FLOAT32_MAX:.3g}) the network "
+                "computes in; rescale it (e.g. to its physical units) before denoising"
+            )
+    if not -volume.ndim <= axis < volume.ndim or (volume.ndim == 2 and axis not in (0, -2)):
+        raise InvalidImageError(f"axis {axis} does not fit a {volume.ndim}D image (use 0, 1 or 2 for volumes)")
+    return volume
+
+
+def slice_stack(volume: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The slices of a checked K x J x I ``volume`` along ``axis`` as a K x H x W view (a J x I image: 1 x J x I)."""
+    return np.moveaxis(volume, axis, 0) if volume.ndim == 3 else volume[None]
+
+
+def unstack(stack: np.ndarray, like: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Inverse of :func:`slice_stack`: ``stack`` (K x H x W) back in the layout of ``like`` (the volume it came from)."""
+    return np.moveaxis(stack, 0, axis) if like.ndim == 3 else stack[0]
