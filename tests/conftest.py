@@ -33,6 +33,15 @@ def ctrl_c_on() -> None:
 
 
 @pytest.fixture(scope="session")
+def shipped_model():
+    """The shipped bundle's model on CPU, loaded once for the session (read-only: a test that changes it, or needs
+    another precision or device, loads its own)."""
+    from scripts.engine import load_bundle
+
+    return load_bundle(BUNDLE, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def embedded():
     """The embedded data list (real images inside pydicom-data, pydicom and nilearn)."""
     from scripts.data import embedded_datalist

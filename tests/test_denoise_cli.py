@@ -85,6 +85,7 @@ def test_png_in_png_out(denoise, ct_slice, tmp_path):
     assert 0 < np.abs(result.array.astype(int) - picture).mean() < 20
 
 
+@pytest.mark.slow
 def test_axis_and_float_output(denoise, mni_nifti, tmp_path):
     assert denoise(mni_nifti, "-o", tmp_path / "axis2.nrrd", "--axis", 2, "--float-output", "--batch-size", 3) == 0
     result = read_image(tmp_path / "axis2.nrrd")
@@ -140,6 +141,7 @@ def write_bad_inputs(folder: Path, mni_nifti: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line_naming_the_file(denoise, mni_nifti, tmp_path, capsys):
     for name, problem in write_bad_inputs(tmp_path, mni_nifti).items():
         assert denoise(tmp_path / name, "-o", tmp_path / "out" / "") == 1, name
@@ -165,6 +167,7 @@ def test_bundle_whose_weights_do_not_fit_is_refused(denoise, mni_nifti, tmp_path
     assert not (tmp_path / "out.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_output(embedded, tmp_path):
     """A real interpreter gets SIGINT in the middle of a volume: exit 130, no output and no temporary file."""
     mni = read_image(embedded["training"][0]["image"])  # 189 slices of 233 x 197: many seconds of work
@@ -183,12 +186,13 @@ def test_ctrl_c_leaves_no_output(embedded, tmp_path):
     assert list(out.iterdir()) == []
 
 
-def test_self_ensemble_flag_averages_the_eight_views(denoise, mni_nifti, tmp_path):
-    from scripts.engine import denoise_volume, load_bundle
+@pytest.mark.slow
+def test_self_ensemble_flag_averages_the_eight_views(denoise, mni_nifti, tmp_path, shipped_model):
+    from scripts.engine import denoise_volume
 
     assert denoise(mni_nifti, "-o", tmp_path / "ensemble.nii.gz", "--self-ensemble", 8, "--float-output") == 0
     written = read_image(tmp_path / "ensemble.nii.gz").array
     volume = read_image(mni_nifti).array
-    expected = denoise_volume(volume, load_bundle(device="cpu"), float_output=True, views=8)
+    expected = denoise_volume(volume, shipped_model, float_output=True, views=8)
     np.testing.assert_allclose(written, expected, atol=1e-3)
-    assert not np.allclose(written, denoise_volume(volume, load_bundle(device="cpu"), float_output=True), atol=1e-2)
+    assert not np.allclose(written, denoise_volume(volume, shipped_model, float_output=True), atol=1e-2)

@@ -21,8 +21,8 @@ from scripts.slices import check_volume
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_bundle(device="cpu")
+def model(shipped_model):
+    return shipped_model
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +230,7 @@ def test_2_5d_bundle_feeds_neighbouring_slices(tmp_path, ct_volume_int16):
     np.testing.assert_allclose(denoised[0], expected, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_self_ensemble_is_rotation_equivariant_and_denoises_better(model, mni):
     from scripts.engine import predict_self_ensemble
 
@@ -258,6 +259,7 @@ def test_self_ensemble_is_rotation_equivariant_and_denoises_better(model, mni):
         denoise_volume(noisy, model, views=3)
 
 
+@pytest.mark.slow
 def test_bfloat16_denoises_as_well_as_float32(ct_hu):
     """bfloat16 convolutions (the engine's choice on CPUs that have them natively) change the result by far less than
     they remove. The tolerance is what bfloat16 may cost a user, not one CPU's rounding: at most 1 % of the PSNR that

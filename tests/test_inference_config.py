@@ -26,7 +26,8 @@ def test_network_def_matches_training():
     assert inference["network_def"] == train["network_def"]
 
 
-def test_run_denoises_a_folder_keeping_geometry_and_sub_folders(tmp_path, dicom_series_dir, embedded):
+@pytest.mark.slow
+def test_run_denoises_a_folder_keeping_geometry_and_sub_folders(tmp_path, dicom_series_dir, embedded, shipped_model):
     dataset = tmp_path / "dataset"
     shutil.copytree(dicom_series_dir, dataset / "patient1" / "ct_series")
     mr = read_image(embedded["validation"][1]["image"])  # pydicom's MR_small: 64 x 64 int16
@@ -42,7 +43,7 @@ def test_run_denoises_a_folder_keeping_geometry_and_sub_folders(tmp_path, dicom_
     written = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*.nii.gz"))
     assert written == ["mr_denoised.nii.gz", "patient1/ct_series_denoised.nii.gz"]
     # the config's steps (load, window, slice inferer, save) give exactly what the engine gives in one call
-    model = load_bundle(device="cpu")
+    model = shipped_model
     expected = denoise_volume(mr.array, model, batch_size=8)
     np.testing.assert_array_equal(read_image(output_dir / written[0]).array, expected)
     for source, result in [

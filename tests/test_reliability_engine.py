@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from reliability_tally import TALLY, fingerprint, report_at_end, unchanged
 from test_zoo import load_tool
 
-from scripts.engine import LoadedModel, denoise_volume, load_bundle
+from scripts.engine import LoadedModel, denoise_volume
 from scripts.errors import BundleError, InvalidImageError, MedDenoiseError
 from scripts.intensity import IntensityWindow
 from scripts.selfsupervised import adapt_model
@@ -41,8 +41,8 @@ def _summary(request):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_bundle(device="cpu")
+def model(shipped_model):
+    return shipped_model
 
 
 @st.composite
@@ -115,6 +115,7 @@ def expected_refusal(volume: np.ndarray, axis: int, strength: float, batch_size:
 )
 # Found by this test with bundle 0.4.0: on a tiny random image the unclamped network output left [0, 1] by more than
 # the window width, so a voxel moved further than strength x width; the engine now clamps predictions to [0, 1].
+@pytest.mark.slow
 @example(dtype="uint8", shape=(5, 17), profile="ct", seed=1, axis=0, strength=0.3, batch_size=1)
 def test_any_array_is_denoised_or_refused_by_name(model, dtype, shape, profile, seed, axis, strength, batch_size):
     volume = fill(np.dtype(dtype), shape, profile, seed)

@@ -301,6 +301,7 @@ def nrrd_bomb(path: Path, side: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_decompression_bombs_are_refused_from_the_header(tmp_path):
     bombs = [png_bomb(tmp_path / "bomb.png", 20000), nifti_bomb(tmp_path / "bomb.nii.gz", 1024)]
     bombs.append(nrrd_bomb(tmp_path / "bomb.nrrd", 640))  # 250 MiB from about 250 KB
@@ -390,12 +391,13 @@ def test_special_files_are_refused_as_inputs(tmp_path):
                 read_image(path)
 
 
-def test_a_huge_radiograph_is_denoised_in_tiles(ct_slice, monkeypatch):
+@pytest.mark.slow
+def test_a_huge_radiograph_is_denoised_in_tiles(ct_slice, monkeypatch, shipped_model):
     """A slice over TILE x TILE pixels reaches the network in tiles (memory bounded by the tile, not the image) and
     the blended result matches denoising it whole. Tiles of 512 here, 2048 in use, so that it runs in seconds."""
     from scripts import engine
 
-    model = engine.load_bundle(device="cpu")
+    model = shipped_model
     noise = np.random.default_rng(0).normal(0, 0.05, (800, 820))
     plane = np.clip(np.tile(ct_slice, (2, 2))[:800, :820] + noise, 0, 1).astype(np.float32)  # real CT texture, noisy
     seen = []

@@ -10,7 +10,7 @@ import torch
 from conftest import BUNDLE
 
 from scripts.data import center_crop, load_slices
-from scripts.engine import LoadedModel, build_network, denoise_volume, load_bundle
+from scripts.engine import LoadedModel, build_network, denoise_volume
 from scripts.errors import CancelledError
 from scripts.intensity import IntensityWindow
 from scripts.metrics import image_metrics
@@ -231,9 +231,9 @@ def test_adaptation_stops_at_its_time_bound(noisy_ct):
     assert calls == sorted(calls) and calls[-1] == 2000
 
 
-def test_adaptation_can_be_cancelled_and_leaves_the_model_unchanged(noisy_ct):
+def test_adaptation_can_be_cancelled_and_leaves_the_model_unchanged(noisy_ct, shipped_model):
     _, noisy = noisy_ct
-    model = load_bundle(device="cpu")
+    model = shipped_model
     weights = {name: value.clone() for name, value in model.network.state_dict().items()}
     calls = []
     with pytest.raises(CancelledError, match="cancelled"):
@@ -269,6 +269,7 @@ def test_denoise_cli_adapts_and_reports_the_noise_level(embedded, tmp_path, caps
     assert read_image(output).array.shape == crop.array.shape and source.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_slicer_worker_adapts_with_progress_in_seconds_and_can_be_cancelled(embedded, tmp_path, capsys):
     """The Slicer module's worker: the noise level in its result, adaptation progress in seconds (run in this process),
     and Cancel during adaptation kills the worker process with nothing written."""
@@ -307,12 +308,13 @@ def test_slicer_worker_adapts_with_progress_in_seconds_and_can_be_cancelled(embe
     assert not (tmp_path / "cancelled.nrrd").exists()
 
 
-def test_adaptation_to_correlated_noise_hides_blocks_and_beats_the_shipped_model(ct_slice):
+@pytest.mark.slow
+def test_adaptation_to_correlated_noise_hides_blocks_and_beats_the_shipped_model(ct_slice, shipped_model):
     """The shipped model's residual tells white noise (single-pixel blind spot) from noise correlated over pixels, as
     a CT reconstruction kernel leaves it (blocks); on the latter a short adaptation improves on the shipped model."""
     clean = center_crop(ct_slice, 128)
     window = IntensityWindow(0.0, 1.0)
-    model = load_bundle(device="cpu")
+    model = shipped_model
     white = parse_noise("gaussian:factor=0.1,mean=0,std=1").set_random_state(seed=0)(clean)
     assert adapt_model(model, white, window, max_steps=1).metadata["adaptation"]["span"] == 0
     noisy = parse_noise("correlated:std=0.1,width=1").set_random_state(seed=0)(clean)
@@ -326,7 +328,8 @@ def test_adaptation_to_correlated_noise_hides_blocks_and_beats_the_shipped_model
     assert adapted_psnr > shipped_psnr + 2.0, (shipped_psnr, adapted_psnr)  # measured: 21.6 -> 30.5 dB
 
 
-def test_adaptation_that_would_harm_keeps_the_shipped_model(embedded):
+@pytest.mark.slow
+def test_adaptation_that_would_harm_keeps_the_shipped_model(embedded, shipped_model):
     """Do no harm. A real CT slice in HU with white Gaussian noise of sigma 60 HU: noisy 37.2 dB, shipped model
     39.1 dB, adapted for 300 steps 34.0 dB, for 30 steps about 36 dB: worse than not adapting, even than the noisy
     input. Without a clean image, Stein's unbiased risk estimate on the scan shows the adapted model is worse, so
@@ -336,7 +339,7 @@ def test_adaptation_that_would_harm_keeps_the_shipped_model(embedded):
     clean = read_image(embedded["test"][0]["image"]).array[0].astype(np.float32)
     noisy = clean + np.random.default_rng(0).normal(0.0, 60.0, clean.shape).astype(np.float32)
     window = IntensityWindow.from_data(noisy)
-    model = load_bundle(device="cpu")
+    model = shipped_model
     adapted = adapt_model(model, noisy, window, seconds=600, max_steps=30)
     record = adapted.metadata["adaptation"]
     assert record["span"] == 0 and record["steps"] == 30
@@ -345,7 +348,7 @@ def test_adaptation_that_would_harm_keeps_the_shipped_model(embedded):
     np.testing.assert_array_equal(denoise_volume(noisy, adapted, window, float_output=True), shipped)
 
 
-def test_adaptation_hides_blocks_when_only_the_scale_ratio_sees_correlated_noise(ct_slice, monkeypatch):
+def test_adaptation_hides_blocks_when_only_the_scale_ratio_sees_correlated_noise(ct_slice, monkeypatch, shipped_model):
     """A model can remove so much of correlated noise that its residual looks white (0.7.0 on a radiograph: 0.13);
     the model-free wavelet scale ratio still chooses blocks then, and alone it does not choose them for white noise."""
     import scripts.selfsupervised as selfsupervised
@@ -353,7 +356,7 @@ def test_adaptation_hides_blocks_when_only_the_scale_ratio_sees_correlated_noise
     monkeypatch.setattr(selfsupervised, "residual_correlation", lambda noisy, prediction: 0.0)
     clean = center_crop(ct_slice, 128)
     window = IntensityWindow(0.0, 1.0)
-    model = load_bundle(device="cpu")
+    model = shipped_model
     for spec, span in (("correlated:std=0.1,width=1", 3), ("gaussian:factor=0.1,mean=0,std=1", 0)):
         noisy = parse_noise(spec).set_random_state(seed=0)(clean)
         record = adapt_model(model, noisy, window, max_steps=1).metadata["adaptation"]

@@ -4,14 +4,13 @@ its metadata, and its two files agree. Its quality targets live in scripts/bench
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, ROOT
+from conftest import BUNDLE, load_script
 from monai.bundle import ConfigParser
 
 from scripts.bundle_archive import record_hashes
@@ -25,17 +24,9 @@ MAX_MODEL_BYTES = 20 * 1024 * 1024
 UNIT_WINDOW = IntensityWindow(0.0, 1.0)
 
 
-def _bench_selfsupervised():
-    """``scripts/bench_selfsupervised.py`` (a runnable file, not a package): the benchmark's own loader."""
-    spec = importlib.util.spec_from_file_location("bench_selfsupervised", ROOT / "scripts" / "bench_selfsupervised.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 @pytest.fixture(scope="module")
-def shipped():
-    return load_bundle(BUNDLE, device="cpu")
+def shipped(shipped_model):
+    return shipped_model
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +75,7 @@ def test_denoising_improves_psnr_on_real_images(shipped, clean_crops, spec, moda
 
 def test_shipped_selfsupervised_model_loads_in_its_config_network_and_denoises(clean_crops):
     """models/model_selfsupervised.pt (trained on noisy images only) fits train_selfsupervised.yaml's network."""
-    model = _bench_selfsupervised().load_selfsupervised(
+    model = load_script("bench_selfsupervised").load_selfsupervised(
         BUNDLE / "models" / "model_selfsupervised.pt", torch.device("cpu")
     )
     assert model.blind_spot
@@ -119,7 +110,7 @@ def test_selfsupervised_bundle_loads_as_blind_spot_and_blends(clean_crops, tmp_p
 
     model = load_bundle(bundle, device="cpu", precision="float32")
     assert model.blind_spot
-    benchmarked = _bench_selfsupervised().load_selfsupervised(
+    benchmarked = load_script("bench_selfsupervised").load_selfsupervised(
         BUNDLE / "models" / "model_selfsupervised.pt", model.device
     )
     unblended = dataclasses.replace(model, blind_spot=False)

@@ -169,15 +169,16 @@ def test_worker_adds_noise_and_denoises_with_metrics(mni_file, tmp_path, capsys)
     assert not np.array_equal(result, noisy_array)
 
 
-def test_worker_passes_the_self_ensemble_size_to_the_engine(mni_file, tmp_path, capsys):
-    from scripts.engine import denoise_volume, load_bundle
+@pytest.mark.slow
+def test_worker_passes_the_self_ensemble_size_to_the_engine(mni_file, tmp_path, capsys, shipped_model):
+    from scripts.engine import denoise_volume
 
     denoised = tmp_path / "best.nrrd"
     code = worker.main(["--engine", str(BUNDLE), "denoise", "--input", str(mni_file), "--output", str(denoised),
                         "--device", "cpu", "--views", "8", "--float-output"])  # fmt: skip
     assert code == 0 and events(capsys.readouterr().out)[-1]["event"] == "done"
     volume, _ = read_volume_file(mni_file)
-    expected = denoise_volume(volume, load_bundle(None, "cpu"), float_output=True, views=8)
+    expected = denoise_volume(volume, shipped_model, float_output=True, views=8)
     np.testing.assert_allclose(read_volume_file(denoised)[0], expected, atol=1e-3)
     command = worker_command("python", BUNDLE, "denoise", input="a.nrrd", views=2)
     assert command[-2:] == ["--views", "2"]
@@ -208,6 +209,7 @@ def test_worker_command_passes_only_given_options():
     assert Path(command[1]).name == "worker.py"
 
 
+@pytest.mark.slow
 def test_job_runs_in_a_separate_process_with_progress(mni_file, tmp_path):
     output = tmp_path / "denoised.nrrd"
     job = WorkerJob(worker_command(sys.executable, BUNDLE, "denoise", input=mni_file, output=output, device="cpu",
@@ -221,6 +223,7 @@ def test_job_runs_in_a_separate_process_with_progress(mni_file, tmp_path):
     np.testing.assert_allclose(matrix, OBLIQUE, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cancel_kills_the_worker_tree_and_writes_nothing(mni_file, tmp_path):
     output = tmp_path / "denoised.nrrd"
     job = WorkerJob(worker_command(sys.executable, BUNDLE, "denoise", input=mni_file, output=output, device="cpu",

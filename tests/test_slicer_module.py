@@ -69,7 +69,8 @@ def volume_node(scene, name: str, array: np.ndarray, transform: str | None = "vt
     return node
 
 
-def test_process_keeps_geometry_units_and_the_input(module, scene, ct_volume):
+@pytest.mark.slow
+def test_process_keeps_geometry_units_and_the_input(module, scene, ct_volume, shipped_model):
     import slicer
 
     node = volume_node(scene, "CT", ct_volume.copy())
@@ -86,9 +87,9 @@ def test_process_keeps_geometry_units_and_the_input(module, scene, ct_volume):
     assert output.GetTransformNodeID() == node.GetTransformNodeID()
     assert output.array.shape == ct_volume.shape and output.array.dtype == np.int16  # HU stay int16, as the engine
     # The same HU the engine gives in this process: nothing is lost or rescaled in the round trip.
-    from scripts.engine import denoise_volume, load_bundle
+    from scripts.engine import denoise_volume
 
-    expected = denoise_volume(ct_volume, load_bundle(None, "cpu")).astype(np.int32)
+    expected = denoise_volume(ct_volume, shipped_model).astype(np.int32)
     assert np.abs(output.array.astype(np.int32) - expected).max() <= 1
     assert progress[-1] == (4, 4) and result.seconds > 0
     # The result is shown alone and fully (no 50 % overlay), with the input's window/level for a fair switch.
@@ -126,6 +127,7 @@ def test_invalid_requests_leave_the_scene_unchanged(module, scene, ct_volume, tm
     assert scene.GetNumberOfNodes() == nodes
 
 
+@pytest.mark.slow
 def test_closing_the_scene_cancels_a_background_run(module, scene, ct_volume):
     """File > Close Scene while a run is going: the job is killed, its result never lands in the next scene."""
     import qt
@@ -151,6 +153,7 @@ def test_closing_the_scene_cancels_a_background_run(module, scene, ct_volume):
     assert scene.GetNumberOfNodes() == 0 and not qt.ACTIVE_TIMERS and not scene.observers
 
 
+@pytest.mark.slow
 def test_a_result_slicer_refuses_still_ends_the_job(module, scene, ct_volume, monkeypatch):
     """updateVolumeFromArray raises RuntimeError in Slicer: the job still finishes (the panel leaves "Cancel") with a
     clear error, and the half-made output volume is removed."""
@@ -209,6 +212,7 @@ def exported_series_tags(shNode, item) -> dict:
             else default for tag, default in defaults.items()}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_result_sits_in_the_input_study_ready_for_dicom_export(module, scene, ct_volume):
     import slicer
 
@@ -238,6 +242,7 @@ def test_result_sits_in_the_input_study_ready_for_dicom_export(module, scene, ct
     assert shNode.GetItemParent(shNode.GetItemByDataNode(result)) == shNode.GetSceneItemID()
 
 
+@pytest.mark.slow
 def test_output_made_by_the_selector_gets_a_display_node(module, scene, ct_volume):
     node = volume_node(scene, "CT", ct_volume[:2, :64, :64].copy())
     created = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "made by Create new")  # no display node, as in Slicer
@@ -363,6 +368,7 @@ def test_testing_mode_installs_nothing_and_the_self_test_still_runs(module, envi
     assert "Denoising left out: torch>=2.13" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_self_test_denoises_when_the_packages_are_there(module, scene, embedded, tmp_path):
     """The Slicer self-test itself, in testing mode, on the stand-in: PSNR rises on a real MR slab."""
     import SampleData
@@ -399,6 +405,7 @@ def pump(qt, until, seconds: float = 300) -> None:
     assert until(), "timed out"
 
 
+@pytest.mark.slow
 def test_panel_runs_a_job_shows_its_log_and_switches_original_and_result(module, scene, ct_volume):
     """The widget on the .ui's widgets (stand-in: only properties and signals PythonQt has): Apply becomes Cancel
     and back, the log fills, GPU presence is reported, and the result can be compared with one click each way."""
