@@ -229,6 +229,24 @@ def test_dicom_header_that_disagrees_with_its_pixels_is_refused(tmp_path, ct_vol
     refused(folder, "pixel data holds")
 
 
+def test_fragments_under_a_native_transfer_syntax_are_left_to_the_decoder(tmp_path, ct_volume_int16):
+    """Some real files (a Hologic mammogram of fo-dicom's test set, which GDCM decodes) label JPEG fragments as native
+    pixel data of undefined length. The pixel-length check leaves them to the decoder instead of refusing them as
+    holding 4294967295 bytes."""
+    from pydicom.uid import RLELossless
+
+    from scripts.image_io import _check_dicom_pixels
+
+    path = sorted(write_dicom_series(tmp_path / "series", ct_volume_int16[:3]).iterdir())[0]
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path)
+    raw = path.read_bytes()  # the two UIDs have the same length, so the file stays well formed
+    path.write_bytes(raw.replace(str(RLELossless).encode() + b"\0", b"1.2.840.10008.1.2.1\0", 1))
+    assert pydicom.dcmread(path, defer_size=1024).get_item("PixelData", keep_deferred=True).length == 0xFFFFFFFF
+    _check_dicom_pixels(path)
+
+
 @pytest.mark.parametrize("ext", [".jpg", ".bmp"])
 def test_truncated_jpeg_and_bmp_are_refused(tmp_path, ct_slice, ext):
     from PIL import Image

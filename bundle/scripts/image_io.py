@@ -259,8 +259,10 @@ def _check_dicom_pixels(path: Path) -> None:
         ds = pydicom.dcmread(path, defer_size=1024)
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         syntax = ds.file_meta.get("TransferSyntaxUID")
-        if element is None or (syntax is not None and syntax.is_encapsulated):
-            return  # compressed pixels: the decoder checks their size
+        if element is None or element.length == 0xFFFFFFFF or (syntax is not None and syntax.is_encapsulated):
+            # compressed pixels, also under a native transfer syntax (undefined length: fragments that GDCM finds
+            # and decodes, as in a real Hologic mammogram): the decoder checks their size
+            return
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits = int(ds.BitsAllocated) * int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
     except Exception:  # pydicom raises many types for damage ITK may still read; ITK's own checks then apply
