@@ -21,6 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import jsonschema
 import monai
 import pytest
 import torch
@@ -115,6 +116,11 @@ def test_metadata_against_the_schema_it_names(bundle_dir, tmp_path):
     (tmp_path / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="'required_packages_version' is a required property"):
         verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(schema_file))
+    # the published schema requires "schema" too (verify_metadata asks for it before reading the schema)
+    broken = json.loads(meta_file.read_text())
+    broken.pop("schema")
+    with pytest.raises(jsonschema.ValidationError, match="'schema' is a required property"):
+        jsonschema.validate(broken, json.loads(schema_file.read_text()))
 
 
 def test_metadata_packages_are_the_pinned_ones():
