@@ -230,6 +230,33 @@ def test_clean_target_filter_leaves_out_a_noisy_target_and_keeps_a_clean_one(tmp
     assert filtered["test"] == items, "test splits are never filtered"
 
 
+def test_clean_targets_average_a_noisy_training_target_down_instead_of_leaving_it_out(tmp_path, ct_volume_int16):
+    """Pre-cleaning: white noise at 0.025 of the window measures under MAX_TARGET_SIGMA once 2 x 2 pixels are averaged,
+    so that training target is kept at half size; at 0.08 even 3 x 3 means stay too noisy; validation is never
+    averaged down (its scores stay comparable between runs)."""
+    from scripts.data import MAX_TARGET_SIGMA, clean_targets, load_slices
+
+    clean = ct_volume_int16[:2].astype(np.float32)
+    width = IntensityWindow.from_data(clean).width
+    rng = np.random.default_rng(0)
+    items = []
+    for name, level in (("light", 0.025), ("heavy", 0.08)):
+        noisy = clean + rng.normal(0.0, level * width, clean.shape)
+        sitk.WriteImage(sitk.GetImageFromArray(noisy.astype(np.float32)), str(tmp_path / f"{name}.nrrd"))
+        items.append({"image": str(tmp_path / f"{name}.nrrd"), "group": name, "source": "s", "modality": "CT"})
+    kept_full = clean_targets({"training": list(items), "validation": [items[0]]}, max_downsample=1, progress=False)
+    assert kept_full["training"] == [], "without averaging down both noisy targets are left out"
+
+    cleaned = clean_targets({"training": list(items), "validation": [items[0]]}, max_downsample=3, progress=False)
+    (light,) = cleaned["training"]
+    assert light["group"] == "light" and light["downsample"] == 2
+    assert light["noise_sigma"] <= MAX_TARGET_SIGMA < light["noise_sigma_full"]
+    assert cleaned["validation"] == [], "validation items are kept or left out, never averaged down"
+    assert sorted(item["group"] for item in cleaned["left_out_noisy"]) == ["heavy", "light"]
+    (first, *_) = load_slices([light], progress=False)
+    assert first["label"].shape[1:] == tuple(side // 2 for side in clean.shape[1:])
+
+
 def test_a_series_refused_as_a_volume_still_gives_its_slices(tmp_path, ct_volume_int16):
     import pydicom
     from conftest import write_dicom_series
