@@ -82,14 +82,14 @@ def write_files(folder: Path, count: int) -> list[Path]:
 def bench_files(tool, folder: Path, count: int) -> None:
     inputs = write_files(folder / "files", count)
     after: list[float] = []
-    denoise_file = tool.denoise_file
+    denoise_file = tool.pipeline.denoise_file
 
     def measured(*args, **kwargs):  # resident size after each file, taken inside denoise.py's own loop
-        slices = denoise_file(*args, **kwargs)
+        run = denoise_file(*args, **kwargs)
         after.append(monitor.rss())
-        return slices
+        return run
 
-    tool.denoise_file = measured
+    tool.pipeline.denoise_file = measured
     started = time.perf_counter()
     with PeakMemory() as monitor:
         code = tool.main([*map(str, inputs), "-o", str(folder / "files_out") + "/", "--device", "cpu"])

@@ -42,6 +42,7 @@ if __name__ == "__main__":
     _on_interrupt(_interrupted_while_starting)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,29 +52,14 @@ sys.path.insert(0, str(BUNDLE))
 
 from tqdm import tqdm  # noqa: E402
 
-from scripts.dicom_writer import (  # noqa: E402
-    Derivation,
-    check_target,
-    dicom_files,
-    is_dicom_input,
-    write_derived_series,
-)
-from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, denoise_volume, load_bundle  # noqa: E402
+from scripts import pipeline  # noqa: E402
+from scripts.dicom_writer import check_target, dicom_files, is_dicom_input  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
-from scripts.image_io import (  # noqa: E402
-    MAX_IMAGE_BYTES,
-    WRITE_EXTENSIONS,
-    check_writable,
-    extension,
-    format_problem,
-    read_image,
-    stem,
-    write_image,
-)
-from scripts.intensity import IntensityWindow  # noqa: E402
-from scripts.noise_level import MIN_SIDE, NoiseLevel, estimate_noise_level  # noqa: E402
-from scripts.selfsupervised import MAX_ADAPT_SECONDS, adapt_model  # noqa: E402
-from scripts.slices import check_volume  # noqa: E402
+from scripts.image_io import MAX_IMAGE_BYTES, WRITE_EXTENSIONS, check_writable, extension, stem  # noqa: E402
+from scripts.noise_level import NoiseLevel  # noqa: E402
+from scripts.pipeline import DenoisedFile, DenoiseSettings, Progress  # noqa: E402
+from scripts.selfsupervised import MAX_ADAPT_SECONDS  # noqa: E402
 
 #: 2D picture formats that cannot be written back as they are (JPEG is lossy, the others unsupported) become PNG.
 _PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm")
@@ -221,18 +207,6 @@ def check_plan(inputs: list[Path], outputs: list[Path], overwrite: bool, dicom: 
         check_writable(target, overwrite=overwrite)
 
 
-def check_size(shape: tuple[int, ...], axis: int) -> None:
-    """Refuse an image whose slices (along ``axis`` for volumes) are too small to denoise: the noise it would
-    remove cannot be measured on fewer than :data:`MIN_SIDE` pixels a side, and a 1 x 1 image has none to remove."""
-    plane = [n for index, n in enumerate(shape) if index != axis or len(shape) == 2]
-    if min(plane) < MIN_SIDE:
-        other_axis = f" along --axis {axis}; slice along another --axis" if len(shape) == 3 else ""
-        raise InvalidImageError(
-            f"the image is too small to denoise: slices of {' x '.join(map(str, plane))} pixels{other_axis} "
-            f"(each side needs at least {MIN_SIDE} pixels)"
-        )
-
-
 def make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -240,15 +214,6 @@ def make_folder(folder: Path) -> None:
         raise ImageWriteError(
             f"{folder}: the output folder cannot be made ({error.strerror}); choose another"
         ) from None
-
-
-def fitting_target(target: Path, shape: tuple[int, ...], dtype, default_name: bool) -> Path:
-    """``target``, or for a default output name whose format cannot hold the result (a TIFF stack, a 16-bit or
-    float picture) the name with a format that can: ``.tif`` for 2D images PNG cannot hold, ``.nii.gz`` for volumes."""
-    if not default_name or not format_problem(extension(target), shape, dtype):
-        return target
-    ext = ".tif" if not format_problem(".tif", shape, dtype) else ".nii.gz"
-    return target.with_name(stem(target) + ext)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidImageError(
                 f"--window {args.window[0]:g} {args.window[1]:g}: LOW must be below HIGH (e.g. -1000 1000 for CT)"
             )
-        window = IntensityWindow(*args.window) if args.window else None
         dicom = dicom_output(inputs, args.output)
         outputs = output_paths(inputs, args.output)
         if dicom and args.float_output:
@@ -269,9 +233,23 @@ def main(argv: list[str] | None = None) -> int:
             make_folder(Path(args.output))
         check_plan(inputs, outputs, args.overwrite, dicom)
         model = load_bundle(args.bundle, device=args.device, torchscript=args.torchscript, precision=args.precision)
+        settings = DenoiseSettings(
+            window=args.window,
+            axis=args.axis,
+            strength=args.strength,
+            views=args.self_ensemble,
+            batch_size=args.batch_size,
+            float_output=args.float_output,
+            adapt_seconds=args.adapt_seconds if args.adapt else 0.0,
+            overwrite=args.overwrite,
+            max_bytes=None if args.max_image_mb is None else int(args.max_image_mb * 2**20),
+        )
         slices, levels = 0, []
         for source, target in zip(inputs, outputs, strict=True):
-            slices += denoise_file(source, target, model, window, args, levels, dicom)
+            run = pipeline.denoise_file(
+                source, target, model, settings, ProgressBars(), dicom=dicom, fit_format=is_folder(args.output)
+            )
+            slices, levels = slices + run.slices, [*levels, run.level]
     except MedDenoiseError as error:
         print(f"denoise.py: error: {error}", file=sys.stderr)
         return 1
@@ -294,70 +272,22 @@ def _noise_summary(levels: list[NoiseLevel]) -> str:
     return f"noise sigma {min(scaled):.3f}-{max(scaled):.3f} of the windows"
 
 
-def denoise_file(
-    source: Path,
-    target: Path,
-    model,
-    window: IntensityWindow | None,
-    args: argparse.Namespace,
-    levels: list[NoiseLevel] | None = None,
-    dicom: bool = False,
-) -> int:
-    """Denoise one image file or series folder into ``target`` (a derived DICOM series when ``dicom``); returns the
-    number of slices and appends the input's estimated noise level to ``levels``."""
-    max_bytes = None if args.max_image_mb is None else int(args.max_image_mb * 2**20)
-    volume = read_image(source, max_bytes=max_bytes)
-    total = volume.array.shape[args.axis] if volume.array.ndim == 3 else 1
-    try:
-        check_volume(volume.array, args.axis)  # before the progress bar, so a bad file gives one clean line
-        check_size(volume.array.shape, args.axis)
-        if not dicom:  # before, not after, the work
-            out_dtype = "float32" if args.float_output else volume.array.dtype
-            target = fitting_target(target, volume.array.shape, out_dtype, is_folder(args.output))
-            check_writable(target, volume.array.shape, out_dtype, overwrite=args.overwrite)
-        window = window or IntensityWindow.from_data(volume.array)
-        if levels is not None:
-            levels.append(estimate_noise_level(volume.array, window, args.axis))
-        if args.adapt:
-            model = adapt_file(volume.array, source.name, model, window, args)
-        with tqdm(total=total, desc=source.name, unit="slice", leave=False) as bar:
+class ProgressBars(Progress):
+    """tqdm bars on the terminal, one per stage of a file (adapting in seconds, denoising in slices)."""
 
-            def progress(done: int, _total: int) -> None:
-                bar.update(done - bar.n)
-
-            denoised = denoise_volume(
-                volume.array,
-                model,
-                window=window,
-                axis=args.axis,
-                batch_size=args.batch_size,
-                strength=args.strength,
-                float_output=args.float_output,
-                progress=progress,
-                views=args.self_ensemble,
-            )
-    except InvalidImageError as error:  # the engine sees arrays only; name the file
-        raise InvalidImageError(f"{source}: {error}") from None
-    if dicom:
-        adapted = ", adapted to the scan" if args.adapt else ""
-        details = f"strength {args.strength:g}, {args.self_ensemble} view(s){adapted}"
-        derivation = Derivation.from_metadata(model.metadata, details)
-        sources = dicom_files(source)
-        write_derived_series(target, denoised, sources, derivation, overwrite=args.overwrite, original=volume.array)
-    else:
-        write_image(target, denoised, like=volume, overwrite=args.overwrite)
-    return total
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int, run: DenoisedFile):
+        if name == "adapt":
+            with tqdm(total=round(total / 1000), desc=f"adapting to {run.source.name}", unit="s", leave=False) as bar:
+                yield lambda done_ms, _total_ms: bar.update(round(done_ms / 1000) - bar.n)
+            tqdm.write(adaptation_line(run.source.name, run.model.metadata["adaptation"]))
+        else:
+            with tqdm(total=total, desc=run.source.name, unit="slice", leave=False) as bar:
+                yield lambda done, _total: bar.update(done - bar.n)
 
 
-def adapt_file(array, name: str, model, window: IntensityWindow, args: argparse.Namespace):
-    """A copy of ``model`` fine-tuned on this input's own noise for ``--adapt-seconds`` (progress bar in seconds)."""
-    with tqdm(total=round(args.adapt_seconds), desc=f"adapting to {name}", unit="s", leave=False) as bar:
-
-        def progress(done_ms: int, _total_ms: int) -> None:
-            bar.update(round(done_ms / 1000) - bar.n)
-
-        adapted = adapt_model(model, array, window, seconds=args.adapt_seconds, progress=progress, axis=args.axis)
-    record = adapted.metadata["adaptation"]
+def adaptation_line(name: str, record: dict) -> str:
+    """What adapting to one input found and did (``metadata["adaptation"]`` of the adapted model)."""
     side = 2 * record["span"] + 1
     kind = "correlated over pixels" if record["span"] else "independent from pixel to pixel"
     kept = (
@@ -365,11 +295,10 @@ def adapt_file(array, name: str, model, window: IntensityWindow, args: argparse.
         if record["kept"] == "adapted"
         else "kept the shipped model instead: the adapted one would not have been better on this scan"
     )
-    tqdm.write(
+    return (
         f"{name}: noise {kind}; adapted for {record['seconds']:.0f} s ({record['steps']} steps, {side}x{side} blind "
         f"spot), estimated error {record['adapted_risk']:.3g} against {record['given_risk']:.3g}: {kept}"
     )
-    return adapted
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ def test_run_denoises_a_folder_keeping_geometry_and_sub_folders(tmp_path, dicom_
     )
     written = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*.nii.gz"))
     assert written == ["mr_denoised.nii.gz", "patient1/ct_series_denoised.nii.gz"]
-    # the config's steps (load, window, slice inferer, save) give exactly what the engine gives in one call
+    # the config's file pipeline gives exactly what the engine gives in one call
     model = shipped_model
-    expected = denoise_volume(mr.array, model, batch_size=8)
+    expected = denoise_volume(mr.array, model)
     np.testing.assert_array_equal(read_image(output_dir / written[0]).array, expected)
     for source, result in [
         (read_image(dicom_series_dir), read_image(output_dir / written[1])),

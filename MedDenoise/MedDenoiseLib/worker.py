@@ -5,7 +5,7 @@ viewer stays responsive and Cancel can kill this process without harming Slicer.
 to stdout as one JSON object per line after the prefix ``MEDDENOISE `` (see :mod:`MedDenoiseLib.job`).
 
     python worker.py --engine BUNDLE denoise --input in.nrrd --output out.nrrd [--model BUNDLE_OR_ZIP] [--device cpu]
-        [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size 8] [--float-output] [--views 1]
+        [--reference clean.nrrd] [--axis 0] [--strength 1] [--batch-size N] [--float-output] [--views 1]
         [--adapt-seconds 60]
     python worker.py --engine BUNDLE add-noise --input in.nrrd --output noisy.nrrd --noise gaussian:factor=0.1 --seed 0
     python worker.py --engine BUNDLE probe    (whether PyTorch sees an NVIDIA GPU; torch stays out of Slicer's process)
@@ -16,17 +16,22 @@ Exit status: 0 done, 1 a problem reported in an ``error`` event (bad input, bad 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
 PREFIX = "MEDDENOISE "
 
-#: ``denoise_volume`` keyword options exposed on the command line. A new engine option is added here (name ->
-#: argparse settings) and reaches ``denoise_volume`` unchanged; the module passes it through ``worker_command``.
+#: ``scripts.pipeline.DenoiseSettings`` fields exposed on the command line. A new setting is added here (name ->
+#: argparse settings) and reaches the pipeline unchanged; the module passes it through ``worker_command``.
 ENGINE_OPTIONS: dict[str, dict] = {
     "axis": {"type": int, "default": 0, "choices": (0, 1, 2), "help": "slicing axis of the K x J x I array (0 = K)"},
     "strength": {"type": float, "default": 1.0, "help": "0 = original .. 1 = fully denoised"},
-    "batch_size": {"type": int, "default": 8, "help": "slices per forward pass"},
+    "batch_size": {
+        "type": int,
+        "default": None,
+        "help": "slices per forward pass (default: the engine's pixel budget)",
+    },
     "float_output": {"action": "store_true", "help": "write float32 instead of the input's dtype"},
     "views": {"type": int, "default": 1, "help": "self-ensemble: flips/rotations averaged (1, 2, 4 or 8)"},
 }
@@ -65,53 +70,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def denoise(args: argparse.Namespace) -> None:
-    from scripts.engine import denoise_volume, load_bundle
-    from scripts.errors import InvalidImageError
-    from scripts.image_io import read_image, write_image
-    from scripts.noise_level import estimate_noise_level
-    from scripts.selfsupervised import adapt_model
+    from scripts import pipeline
+    from scripts.engine import load_bundle
+    from scripts.image_io import read_image
 
-    volume = read_image(args.input)
     reference = read_image(args.reference) if args.reference else None
-    if reference is not None and reference.array.shape != volume.array.shape:
-        raise InvalidImageError(
-            f"the reference volume has shape {reference.array.shape} but the input {volume.array.shape}; choose the "
-            "clean version of the same scan"
-        )
     emit("status", text="Loading the model")
     model = load_bundle(args.model, device=args.device)
-    level = estimate_noise_level(volume.array, axis=args.axis)
-    if args.adapt_seconds > 0:
-        emit("status", text=f"Adapting to this scan ({level})")
-        model = adapt_model(
-            model,
-            volume.array,
-            seconds=args.adapt_seconds,
-            axis=args.axis,
-            progress=lambda done, total: emit("progress", done=done // 1000, total=total // 1000, unit="s"),
-        )
-    emit("status", text=f"Denoising on {model.device.type.upper()}")
-    options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
-    result = denoise_volume(
-        volume.array, model, progress=lambda done, total: emit("progress", done=done, total=total), **options
+    settings = pipeline.DenoiseSettings(
+        **{name: getattr(args, name) for name in ENGINE_OPTIONS}, adapt_seconds=args.adapt_seconds
     )
-    write_image(args.output, result, like=volume)
+    run = pipeline.denoise_file(args.input, args.output, model, settings, ProtocolProgress(reference))
     if reference is not None:
-        emit("metrics", before=compare(volume.array, reference.array), after=compare(result, reference.array))
-    adaptation = model.metadata.get("adaptation", {})
-    noise = str(level)
+        emit("metrics", before=compare(run.volume.array, reference.array), after=compare(run.denoised, reference.array))
+    adaptation = run.model.metadata.get("adaptation", {})
+    noise = str(run.level)
     if adaptation:  # what the adaptation found, for the status line
         noise += "; correlated over pixels" if adaptation["span"] else "; independent from pixel to pixel"
         noise += "; adapting did not help, kept the model as it was" if adaptation["kept"] == "given" else ""
     emit(
         "done",
         output=args.output,
-        model=model.source,
-        version=model.version,
-        device=model.device.type,
+        model=run.model.source,
+        version=run.model.version,
+        device=run.model.device.type,
         noise=noise,
         adapted_seconds=adaptation.get("seconds", 0.0),
     )
+
+
+class ProtocolProgress:
+    """The pipeline's progress (a ``scripts.pipeline.Progress``) as protocol events: a status line per stage, then
+    ``progress`` events (adapting in seconds, denoising in slices). ``reference``: a clean volume (a
+    ``scripts.image_io.Volume``) to compare with, refused before any work unless it has the input's shape."""
+
+    def __init__(self, reference=None) -> None:
+        self.reference = reference
+
+    def read(self, run) -> None:
+        from scripts.errors import InvalidImageError
+
+        if self.reference is not None and self.reference.array.shape != run.volume.array.shape:
+            raise InvalidImageError(
+                f"the reference volume has shape {self.reference.array.shape} but the input "
+                f"{run.volume.array.shape}; choose the clean version of the same scan"
+            )
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int, run):
+        if name == "adapt":
+            emit("status", text=f"Adapting to this scan ({run.level})")
+            yield lambda done, total: emit("progress", done=done // 1000, total=total // 1000, unit="s")
+        else:
+            emit("status", text=f"Denoising on {run.model.device.type.upper()}")
+            yield lambda done, total: emit("progress", done=done, total=total)
 
 
 def compare(image, reference) -> dict[str, float]:
