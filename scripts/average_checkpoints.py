@@ -5,7 +5,7 @@
 
 The checkpoints must be state dicts of the same network (as the bundle's training runs save them); the result is
 written atomically, so a cancelled run leaves the output as it was. Bundle 0.10.0's weights are the mean of two runs
-from the same start, one with the PSNR loss and one with PSNR + SSIM (``bundle/docs/experiments.md``).
+from the same start, one with the PSNR loss and one with PSNR + SSIM (``research/experiments.md``).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.
             val_interval=args.epochs + 1,  # no validation: training throughput only
             output_dir=os.path.join(scratch, "runs"),
             ckpt_dir=os.path.join(scratch, "models"),
-            **{"train#handlers#-3#_disabled_": True},  # no progress bar in the printed table
+            **{"train#progress_bar#_disabled_": True},  # no progress bar in the printed table
         )
         workflow.initialize()
         workflow.run()

@@ -48,13 +48,15 @@ from scripts.report import plot_comparison, write_atomic  # noqa: E402
 from scripts.selfsupervised import adapt_model  # noqa: E402
 
 GAUSSIAN_SETTINGS = [spec for spec in DEFAULT_SETTINGS if spec.startswith("gaussian")]
-#: Per self-supervised objective: the training configs in the order they are layered (the last one's network counts),
-#: and whether the network has a blind spot (the engine then blends its output with the noisy pixel).
+#: Per self-supervised objective: the training configs (relative to the repository root) in the order they are
+#: layered (the last one's network counts), and whether the network has a blind spot (the engine then blends its
+#: output with the noisy pixel). All but the shipped blind spot are research objectives (research/configs/).
+_SELFSUPERVISED = ("bundle/configs/train.yaml", "bundle/configs/train_selfsupervised.yaml")
 OBJECTIVES = {
-    "blind-spot": (("train.yaml", "train_selfsupervised.yaml"), True),
-    "recorrupted": (("train.yaml", "train_selfsupervised.yaml", "recorrupted.yaml"), False),
-    "sure": (("train.yaml", "train_selfsupervised.yaml", "sure.yaml"), True),
-    "blind-spot-network": (("train.yaml", "train_selfsupervised.yaml", "blind_spot_network.yaml"), True),
+    "blind-spot": (_SELFSUPERVISED, True),
+    "recorrupted": ((*_SELFSUPERVISED, "research/configs/recorrupted.yaml"), False),
+    "sure": ((*_SELFSUPERVISED, "research/configs/sure.yaml"), True),
+    "blind-spot-network": ((*_SELFSUPERVISED, "research/configs/blind_spot_network.yaml"), True),
 }
 #: Benchmark slices are already on the [0, 1] scale.
 UNIT_WINDOW = IntensityWindow(0.0, 1.0)
@@ -76,7 +78,7 @@ def load_selfsupervised(checkpoint: Path, device: torch.device, objective: str =
             f"{checkpoint}: no self-supervised checkpoint; train one with {' + '.join(configs)} (see README)"
         )
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
+    parser.read_config([str(BUNDLE.parent / path) for path in configs])
     network = build_network(parser.get("network_def"))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--selfsupervised",
         type=Path,
         default=BUNDLE / "models" / "model_selfsupervised.pt",
-        help="checkpoint trained with train_selfsupervised.yaml (and the --objective's own config, e.g. sure.yaml)",
+        help="checkpoint trained with train_selfsupervised.yaml (and the --objective's own config, e.g. research/configs/sure.yaml)",
     )
     parser.add_argument(
         "--objective",

@@ -1,5 +1,5 @@
-"""Shared fixtures: the bundle root on sys.path (its package is named ``scripts``, Model Zoo convention) and real
-images shipped inside pip packages."""
+"""Shared fixtures: the bundle root on sys.path (its package is named ``scripts``, Model Zoo convention), the
+repository root after it (for ``research``) and real images shipped inside pip packages."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
 sys.path.insert(0, str(BUNDLE))
+sys.path.append(str(ROOT))  # the research package (research/), which builds on the bundle's
+
+
+def research_contents() -> dict[bytes, str]:
+    """Every file of ``research/`` (objectives, configs, experiment log) by content: what neither the zoo zip nor the
+    Slicer extension may ship, found by content so that a copy under another name is caught too."""
+    return {path.read_bytes(): path.relative_to(ROOT).as_posix() for path in (ROOT / "research").rglob("*.*")}
 
 
 def load_script(name: str):

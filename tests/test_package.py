@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLE
+import yaml
+from conftest import BUNDLE, research_contents
 from test_zoo import load_tool
 
 from scripts.bundle_archive import extract_bundle, file_hash, large_files, pack_bundle
@@ -48,6 +51,46 @@ def test_release_zip_follows_the_zoo_layout(release):
     assert "models/model.pt" in inside
     assert not [n for n in inside if "__pycache__" in n or n.endswith(".pyc") or n.split("/")[0] in ("runs", "eval")]
     assert file_hash(BUNDLE / "models" / "model.pt") in packed_large_files
+
+
+def test_release_zip_ships_no_research_or_experiment_log(release):
+    """The lab stays out of the product: no file of ``research/`` (by content), no experiment log, no config or
+    code that needs the ``research`` package."""
+    research = research_contents()
+    assert "research/experiments.md" in research.values() and "research/configs/sure.yaml" in research.values()
+    with zipfile.ZipFile(release) as archive:
+        members = {name: archive.read(name) for name in archive.namelist() if not name.endswith("/")}
+    assert not [name for name, content in members.items() if content in research]
+    assert not [name for name in members if "experiment" in name.lower()]
+    assert not [name for name, content in members.items() if _uses_research(name, content)]
+
+
+def _uses_research(name: str, content: bytes) -> bool:
+    """Whether a packed file runs code of the ``research`` package: a Python import of it, or a config ``_target_``
+    or ``$`` expression that names it (comments and docs may point to it)."""
+    if name.endswith(".py"):
+        imported = [
+            *(
+                alias.name
+                for node in ast.walk(ast.parse(content))
+                if isinstance(node, ast.Import)
+                for alias in node.names
+            ),
+            *(node.module or "" for node in ast.walk(ast.parse(content)) if isinstance(node, ast.ImportFrom)),
+        ]
+        return any(module.split(".")[0] == "research" for module in imported)
+    if "/configs/" in name and name.endswith((".yaml", ".json")):
+        code = [text for text in _config_strings(yaml.safe_load(content)) if text.startswith("$") or " " not in text]
+        return any(re.search(r"\bresearch\.", text) for text in code)
+    return False
+
+
+def _config_strings(config) -> list[str]:
+    if isinstance(config, dict):
+        return [text for value in config.values() for text in _config_strings(value)]
+    if isinstance(config, list):
+        return [text for value in config for text in _config_strings(value)]
+    return [config] if isinstance(config, str) else []
 
 
 def test_release_zip_round_trips(release, ct_slice, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE
+from conftest import BUNDLE, ROOT
 
 from scripts.data import center_crop, load_slices
 from scripts.engine import LoadedModel, build_network, denoise_volume
@@ -21,15 +21,13 @@ from scripts.selfsupervised import (
     BlindSpotLoss,
     BlindSpotMask,
     BlindSpotMaskd,
-    NoiseSigmaTargetd,
-    Recorruptd,
     SureInferer,
     SureLoss,
     adapt_model,
-    mean_channel_only,
     noisy_only,
-    with_prior_channel,
 )
+
+BUNDLE_CONFIGS, RESEARCH_CONFIGS = BUNDLE / "configs", ROOT / "research" / "configs"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,9 +150,11 @@ class CleanSlice:
     ("objective", "metric", "checkpoint_name"),
     [
         ([], "val_blind_spot_loss", "model_selfsupervised.pt"),
-        (["recorrupted.yaml"], "val_recorrupted_loss", "model_recorrupted.pt"),
-        (["continue.yaml", "sure.yaml"], "val_sure_loss", "model_sure.pt"),  # from the shipped blind-spot model
-        (["blind_spot_network.yaml"], "val_blind_spot_loss", "model_blind_spot_network.pt"),
+        # the objectives that lost, run from research/ against the bundle
+        ([RESEARCH_CONFIGS / "recorrupted.yaml"], "val_recorrupted_loss", "model_recorrupted.pt"),
+        # from the shipped blind-spot model
+        ([BUNDLE_CONFIGS / "continue.yaml", RESEARCH_CONFIGS / "sure.yaml"], "val_sure_loss", "model_sure.pt"),
+        ([RESEARCH_CONFIGS / "blind_spot_network.yaml"], "val_blind_spot_loss", "model_blind_spot_network.pt"),
     ],
     ids=["blind-spot", "recorrupted", "sure", "blind-spot-network"],
 )
@@ -164,13 +164,13 @@ def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path, obj
     slices = load_slices(embedded["validation"], progress=False)  # real 128x128 CT and 64x64 MR slices
     tripwires = {"train": [], "validate": []}
     parser = ConfigParser()
-    configs = ["train.yaml", "train_selfsupervised.yaml", *objective]
-    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
+    configs = [BUNDLE_CONFIGS / "train.yaml", BUNDLE_CONFIGS / "train_selfsupervised.yaml", *objective]
+    parser.read_config([str(path) for path in configs])
     for section, wires in tripwires.items():
         wires.extend(CleanSlice(item["label"]) for item in slices)
         parser[f"{section}#slices"] = [{**item, "label": wire} for item, wire in zip(slices, wires, strict=True)]
     parser.update({"ckpt_dir": str(tmp_path), "output_dir": str(tmp_path), "batch_size": 4, "patch_size": 32})
-    if "continue.yaml" in objective:
+    if BUNDLE_CONFIGS / "continue.yaml" in objective:
         parser.update({"init_checkpoint": str(BUNDLE / "models" / "model_selfsupervised.pt"), "learning_rate": 1e-4})
     parser["train#trainer#max_epochs"] = 6
     trainer = parser.get_parsed_content("train#trainer")
@@ -434,62 +434,6 @@ def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_l
     assert torch.isclose(loss(pred, target[:, [0, 2]]), loss(pred, target))
 
 
-def test_a_single_output_blind_spot_network_grows_a_prior_channel_without_changing_its_mean(noisy_ct):
-    _, noisy = noisy_ct
-    torch.manual_seed(0)
-    single = DenoisingAutoencoder(features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None).eval()
-    posterior = DenoisingAutoencoder(
-        features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None, out_channels=2
-    ).eval()
-    posterior.load_state_dict(with_prior_channel(single.state_dict(), log_prior=-7.0))
-    image = torch.as_tensor(noisy[None, None, :64, :64], dtype=torch.float32)
-    with torch.inference_mode():
-        mean, log_prior = posterior(image)[0]
-        torch.testing.assert_close(mean, single(image)[0, 0])
-    torch.testing.assert_close(log_prior, torch.full_like(log_prior, -7.0))
-
-
-def test_mean_channel_only_undoes_growing_a_prior_channel():
-    single = DenoisingAutoencoder(features=(16, 32), skip_connections=True, unshuffle=2, final_activation=None)
-    state = single.state_dict()
-    for name, tensor in mean_channel_only(with_prior_channel(state)).items():
-        torch.testing.assert_close(tensor, state[name], msg=name)
-
-
-def test_recorrupted_copies_have_independent_noise_around_the_clean_image():
-    """The point of the objective: the input's and the target's noise are uncorrelated (hence independent for
-    Gaussian noise), each with the variance the recorruption promises, so the target carries no trace of the input's
-    noise and the best prediction of it is the clean image."""
-    clean = np.full((1, 256, 256), 0.5, dtype=np.float32)  # mid-grey: the noise is not clipped anywhere
-    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
-    noise.set_random_state(seed=1)
-    noisy = noise(clean)
-    original = noisy.copy()
-    pair = Recorruptd("image", alpha=0.5, clip_input=False).set_random_state(seed=0)({"image": noisy, "sigma": 0.1})
-    input_noise, target_noise = (pair[key][0] - clean[0] for key in ("image", "label"))
-    assert input_noise.std() == pytest.approx(0.1 * np.sqrt(1 + 0.5**2), rel=0.02)
-    assert target_noise.std() == pytest.approx(0.1 * np.sqrt(1 + 1 / 0.5**2), rel=0.02)
-    assert abs(np.corrcoef(input_noise.ravel(), target_noise.ravel())[0, 1]) < 0.01
-    assert np.corrcoef((noisy - clean).ravel(), input_noise.ravel())[0, 1] > 0.8  # the same scan, recorrupted
-    np.testing.assert_array_equal(noisy, original)  # the item's noisy image is not modified in place
-
-
-def test_recorruption_clips_the_input_only():
-    """By default the input copy is clipped to [0, 1], as every image at inference is; the target keeps its unclipped
-    noise (clipping it would bias the objective)."""
-    clean = np.zeros((1, 64, 64), dtype=np.float32)
-    clean[:, :, 32:] = 1.0  # black and white halves, where recorruption goes below 0 and above 1
-    noise = parse_noise("gaussian:factor=0.1,mean=0,std=1")
-    noise.set_random_state(seed=0)
-    item = {"image": noise(clean), "sigma": 0.1}
-    clipped = Recorruptd("image").set_random_state(seed=0)(item)
-    unclipped = Recorruptd("image", clip_input=False).set_random_state(seed=0)(item)
-    assert unclipped["image"].min() < 0.0 and clipped["image"].min() >= 0.0 and clipped["image"].max() <= 1.0
-    np.testing.assert_array_equal(clipped["image"], unclipped["image"].clip(0.0, 1.0))
-    np.testing.assert_array_equal(clipped["label"], unclipped["label"])
-    assert clipped["label"].min() < 0.0
-
-
 def _gaussian_blur(sigma_px: float) -> torch.nn.Conv2d:
     """A fixed 7x7 Gaussian blur as a network: linear, so its divergence is known (its centre weight per pixel)."""
     grid = torch.arange(-3, 4, dtype=torch.float32)
@@ -507,8 +451,6 @@ def test_sure_loss_estimates_the_clean_error_without_the_clean_image(ct_slice, s
     clean = torch.from_numpy(0.25 + 0.5 * center_crop(ct_slice, 128))[None, None]  # away from 0 and 1: no clipping
     sigma, blur, torch_rng = 0.05, _gaussian_blur(sigma_px), torch.manual_seed(0)
     noisy = clean + sigma * torch.randn((16, 1, 128, 128), generator=torch_rng)
-    target = NoiseSigmaTargetd("image")({"image": noisy.numpy()[:, 0], "sigma": sigma})["label"]
-    assert target.shape == (2, 128, 128) and np.all(target[1] == np.float32(sigma))
     targets = torch.stack([torch.cat([image, torch.full_like(image, sigma)]) for image in noisy])
     estimate = SureLoss()(SureInferer()(noisy, blur), targets).item()
     true = (((blur(noisy) - clean) ** 2).flatten(1).mean(1) / sigma**2).mean().item()

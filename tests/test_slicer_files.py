@@ -96,6 +96,31 @@ def test_cmake_lists_every_python_file_and_resource():
     assert "Resources/MedDenoiseBundle" in cmake  # the packaging that find_shipped_bundle expects
 
 
+def cmake_bundle_install_list() -> set[str]:
+    """The bundle files the extension build copies and installs: ``MedDenoise/CMakeLists.txt``'s
+    ``file(GLOB_RECURSE BUNDLE_FILES RELATIVE ...)`` patterns expanded as CMake does (a pattern matches files at any
+    depth below its folder), relative to the folder ``BUNDLE_SOURCE_DIR`` names."""
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    source = re.search(r"set\(BUNDLE_SOURCE_DIR \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", cmake).group(1)
+    root = (MODULE / source).resolve()
+    block = re.search(r"file\(GLOB_RECURSE BUNDLE_FILES RELATIVE \$\{BUNDLE_SOURCE_DIR\}\n(.*?)\n  \)", cmake, re.S)
+    files = set()
+    for line in block.group(1).split():
+        folder, _, pattern = line.removeprefix("${BUNDLE_SOURCE_DIR}/").rpartition("/")
+        files |= {path.relative_to(root).as_posix() for path in (root / folder).rglob(pattern) if path.is_file()}
+    return files
+
+
+def test_extension_installs_the_bundle_but_no_research_or_experiment_log():
+    from conftest import BUNDLE, research_contents
+
+    installed = cmake_bundle_install_list()
+    assert {"configs/inference.json", "scripts/engine.py", "models/model.pt", "docs/README.md", "LICENSE"} <= installed
+    research = research_contents()
+    assert not [name for name in installed if (BUNDLE / name).read_bytes() in research]
+    assert not [name for name in installed if "experiment" in name.lower()]
+
+
 def test_extension_cmake_has_the_extension_essentials():
     cmake = (ROOT / "CMakeLists.txt").read_text()
     for line in ("project(MedDenoise)", 'set(EXTENSION_DEPENDS "PyTorch")', "find_package(Slicer REQUIRED)",

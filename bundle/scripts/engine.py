@@ -213,7 +213,7 @@ def resolve_precision(precision: str, device: torch.device, network: torch.nn.Mo
     Why: on this project's AVX512-BF16 CPU, bfloat16 convolutions (oneDNN, float32 accumulation) denoise a 512x512
     slice about 2x faster than float32 (``scripts/bench_engine.py``). A residual network predicts the noise and
     subtracts it from the float32 input, so rounding stays relative to the noise: benchmark PSNR within 0.02 dB of
-    float32 at nine of ten settings (``bundle/docs/experiments.md``). A network that outputs the image itself would
+    float32 at nine of ten settings (``research/experiments.md``). A network that outputs the image itself would
     have it rounded to 1/256 of its value (a few HU of banding on CT), and CPUs without native bfloat16 emulate it,
     slower than float32: both stay float32, as CUDA does.
     """

@@ -10,15 +10,15 @@ clean value, so noisy images are enough to learn from.
   clipping bounds).
 - :class:`BlindSpotPosteriorLoss`: the same with a predicted prior variance, for a per-pixel blend of prediction and
   noisy pixel at inference (:func:`scripts.noise_level.posterior_mean`).
-- :class:`Recorruptd`: the Recorrupted-to-Recorrupted objective (Pang et al. 2021), the other route from noisy images
-  alone: two new noisy copies of a noisy image whose noises are independent, one the input and one the target, so the
-  network sees every pixel (no blind spot) and any supervised loss applies.
-- :class:`NoiseSigmaTargetd`, :class:`SureInferer`, :class:`SureLoss`: Stein's unbiased risk estimate of the squared
-  error to the clean image from the noisy one and the noise sigma (Soltanayev and Chun 2018), a third route: the
-  network sees every pixel and every pixel is learnt from, with the targets' noise no larger than the input's.
+- :class:`SureInferer`, :class:`SureLoss`: Stein's unbiased risk estimate of the squared error to the clean image from
+  the noisy one and the noise sigma, which :func:`adapt_model` uses to keep an adaptation only where it helps.
 - :func:`noisy_only`: a training set with noise applied once at load time and the clean images dropped.
 - :func:`adapt_model`: fine-tune a copy of a loaded model on one user's noisy volume for a bounded time, with a
   single-pixel or block blind spot chosen from the kind of noise.
+
+Only what adapt-to-this-scan and ``configs/train_selfsupervised.yaml`` (the shipped self-supervised model) use lives
+here; the objectives that lost (Recorrupted-to-Recorrupted, training on SURE, the architectural blind spot) and the
+checkpoint surgery between them are in the repository's ``research/`` folder, which the bundle does not ship.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _SOURCE_DRAWS = 32
 #: Residual correlation between neighbouring pixels above which :func:`adapt_model` treats the noise as correlated.
 CORRELATED_RESIDUAL = 0.2
 #: Or noise scale ratio (:func:`scripts.noise_level.noise_scale_ratio`) above which it does: white noise measured at
-#: most 2.4, blurred noise of sigma 0.1 and width 0.7-1 px at least 2.4 (docs/experiments.md, session 7).
+#: most 2.4, blurred noise of sigma 0.1 and width 0.7-1 px at least 2.4 (research/experiments.md, session 7).
 CORRELATED_SCALE_RATIO = 2.5
 #: Blind-spot span for correlated noise: blurred noise of width 1 px is correlated 0.02 four pixels away.
 CORRELATED_SPAN = 3
@@ -250,81 +250,6 @@ class BlindSpotLoss(nn.Module):
         return _masked_mean(errors, mask)
 
 
-class Recorruptd(RandomizableTransform, MapTransform):
-    """Recorrupted-to-Recorrupted pairs from one noisy image (Pang et al. 2021): with ``z ~ N(0, 1)`` per pixel and the
-    image's noise sigma ``s``, ``image`` becomes ``y + alpha s z`` and ``target_key`` gets ``y - s z / alpha``.
-
-    For Gaussian noise of sigma ``s`` the two copies' noises (``n + alpha s z`` and ``n - s z / alpha``) are
-    uncorrelated, hence independent, so the best prediction of the target from the input is the clean image: a
-    supervised loss on these pairs trains a denoiser of noise ``s sqrt(1 + alpha^2)`` without a clean image or a blind
-    spot. Unlike the blind spot, the network sees the pixel it denoises, which is what light noise needs. A network
-    trained over a range of noise levels (the training mixture) then also denoises the unrecorrupted image.
-
-    Args:
-        keys: the noisy image(s), ``(C, H, W)`` in [0, 1].
-        sigma_key: the item's noise sigma, estimated from the noisy image (:func:`noisy_only`).
-        target_key: where the target copy goes (``label``, for MONAI's ``SupervisedTrainer``).
-        alpha: input-to-target noise split; 0.5 (the paper's) gives input noise 1.12 s and target noise 2.24 s.
-        clip_input: clip the input copy to [0, 1], as every image the network meets at inference is. The target stays
-            unclipped: its expectation given the unclipped input is the clean image's, hence (a function of the input
-            conditions on less) also given the clipped one, so the objective stays unbiased.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        sigma_key: str = "sigma",
-        target_key: str = "label",
-        alpha: float = 0.5,
-        clip_input: bool = True,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=1.0)
-        if alpha <= 0:
-            raise ValueError(f"recorruption alpha {alpha} must be positive (0.5 is the usual choice)")
-        self.sigma_key, self.target_key, self.alpha, self.clip_input = sigma_key, target_key, alpha, clip_input
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        sigma = float(d[self.sigma_key])
-        for key in self.key_iterator(d):
-            noisy = d[key]
-            z = self.R.standard_normal(noisy.shape).astype(np.float32) * sigma
-            if isinstance(noisy, torch.Tensor):
-                z = torch.as_tensor(z, dtype=noisy.dtype, device=noisy.device)
-            recorrupted = noisy + self.alpha * z
-            d[key] = recorrupted.clip(0.0, 1.0) if self.clip_input else recorrupted
-            d[self.target_key] = noisy - z / self.alpha
-        return d
-
-
-class NoiseSigmaTargetd(MapTransform):
-    """``target_key`` = ``(2, H, W)``: the noisy channel of ``keys`` and a channel filled with the item's noise sigma
-    (``sigma_key``, from :func:`noisy_only`), the target :class:`SureLoss` takes; the input stays as it is."""
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        sigma_key: str = "sigma",
-        target_key: str = "label",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.sigma_key, self.target_key = sigma_key, target_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            channel = len(d[key]) // 2  # the centre slice of a 2.5D input, the one denoised
-            noisy = d[key][channel : channel + 1]
-            full = torch.full_like if isinstance(noisy, torch.Tensor) else np.full_like
-            d[self.target_key] = (torch.cat if isinstance(noisy, torch.Tensor) else np.concatenate)(
-                [noisy, full(noisy, float(d[self.sigma_key]))]
-            )
-        return d
-
-
 class SureInferer(Inferer):
     """The network's output and an estimate of its divergence per pixel, for :class:`SureLoss`.
 
@@ -382,8 +307,8 @@ class SureLoss(nn.Module):
             on a real CT slice with black air (sigma 0.05) the bias falls from 0.19 to 0.034 at 2 sigmas, 0.025 at 3.
             A sample with no pixel left adds 0: with heavy noise (e.g. sigma 0.25 at 2 sigmas) nothing is learnt.
 
-    ``forward(pred (B, 2, H, W) from SureInferer, target (B, 2, H, W) from NoiseSigmaTargetd)``; returns a scalar
-    (lower is better: 1 for returning the noisy input, ``10^(-gain / 10)`` for a denoiser that gains ``gain`` dB).
+    ``forward(pred (B, 2, H, W) from SureInferer, target (B, 2, H, W): the noisy image and a channel filled with its
+    sigma)``; returns a scalar (lower is better: 1 for returning the noisy input, ``10^(-gain / 10)`` for a denoiser that gains ``gain`` dB).
     """
 
     #: Floor of the per-sample sigma: a flat slice measures almost no noise and would take over.
@@ -398,8 +323,8 @@ class SureLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape[1] != 2 or target.shape[1] != 2:
             raise ValueError(
-                f"the SURE loss needs (output, divergence) from SureInferer and (noisy image, sigma) from "
-                f"NoiseSigmaTargetd, not {pred.shape[1]} and {target.shape[1]} channels"
+                f"the SURE loss needs (output, divergence) from SureInferer and (noisy image, sigma) as target, "
+                f"not {pred.shape[1]} and {target.shape[1]} channels"
             )
         denoised, divergence = pred[:, 0].flatten(1), pred[:, 1].flatten(1)
         noisy, sigma = target[:, 0].flatten(1), target[:, 1].flatten(1)[:, 0].clamp(min=self.MIN_SIGMA)
@@ -409,19 +334,6 @@ class SureLoss(nn.Module):
         kept = _away_from_bounds(denoised, self.margin_sigmas * sigma[:, None]).to(per_pixel.dtype)
         risk = (kept * per_pixel).sum(1) / kept.sum(1).clamp(min=1.0)
         return risk.mean()
-
-
-def recorrupted_pairs(items: Sequence[dict], seed: int = 0, alpha: float = 0.5) -> list[dict]:
-    """Fixed recorrupted inputs and targets (drawn once from ``seed``) for a validation that needs no clean image."""
-    recorrupt = Recorruptd("image", alpha=alpha).set_random_state(seed=seed)
-    return [recorrupt(item) for item in items]
-
-
-def sigma_targets(items: Sequence[dict]) -> list[dict]:
-    """Validation items with :class:`NoiseSigmaTargetd`'s target (noisy image, sigma), for SURE and the architectural
-    blind spot, which need no clean image and nothing drawn at random."""
-    target = NoiseSigmaTargetd("image")
-    return [target(item) for item in items]
 
 
 def _away_from_bounds(level: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
@@ -447,8 +359,8 @@ class BlindSpotPosteriorLoss(nn.Module):
 
     ``forward(pred (B, 2, H, W), target (B, 3, H, W))``: ``pred[:, 0]`` the mean, ``pred[:, 1]`` the log prior
     variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma), or
-    ``(B, 2, H, W)`` (noisy image, sigma) from :class:`NoiseSigmaTargetd` for a network with an architectural blind
-    spot (:class:`scripts.networks.BlindSpotNetwork`), where every pixel is a target. A squared error counts relative
+    ``(B, 2, H, W)`` (noisy image, sigma) for a network with an architectural blind spot
+    (:class:`scripts.networks.BlindSpotNetwork`), where every pixel is a target. A squared error counts relative
     to the predicted variance, so lightly and heavily noised slices weigh alike (as with
     ``BlindSpotLoss(normalized=True)``).
     """
@@ -466,34 +378,6 @@ class BlindSpotPosteriorLoss(nn.Module):
         variance = log_prior.exp() + sigma**2
         errors = 0.5 * ((noisy - mean) ** 2 / variance + variance.log())
         return _masked_mean(errors, mask)
-
-
-#: Starting log prior variance of a grown second output channel: a prior standard deviation of 0.03 of the window.
-INITIAL_LOG_PRIOR = float(2 * np.log(0.03))
-
-
-def with_prior_channel(state: Mapping[str, torch.Tensor], log_prior: float = INITIAL_LOG_PRIOR) -> dict:
-    """A single-output blind-spot network's state dict grown for :class:`BlindSpotPosteriorLoss`: the output head
-    gets a second channel, the log prior variance, starting at ``log_prior`` everywhere (zero weights); the mean
-    channel keeps its trained weights, so training goes on from the trained network. For
-    ``train_selfsupervised.yaml`` + ``continue.yaml`` (``--init_checkpoint``) from a model of bundle 0.5.0 or older.
-    """
-    grown = dict(state)
-    weight, bias = grown["head.conv.weight"], grown["head.conv.bias"]
-    # PixelShuffle output channel c comes from head channels [c r^2, (c + 1) r^2): the new channel's block goes last.
-    grown["head.conv.weight"] = torch.cat([weight, torch.zeros_like(weight)])
-    grown["head.conv.bias"] = torch.cat([bias, torch.full_like(bias, log_prior)])
-    return grown
-
-
-def mean_channel_only(state: Mapping[str, torch.Tensor]) -> dict:
-    """A posterior blind-spot network's state dict (:class:`BlindSpotPosteriorLoss`) cut to its mean channel, the
-    inverse of :func:`with_prior_channel`: the start of ``recorrupted.yaml`` from ``models/model_selfsupervised.pt``
-    (trained on noisy images only), whose single output is then the clean value."""
-    cut = dict(state)
-    weight, bias = cut["head.conv.weight"], cut["head.conv.bias"]
-    cut["head.conv.weight"], cut["head.conv.bias"] = weight[: len(weight) // 2], bias[: len(bias) // 2]
-    return cut
 
 
 def noisy_only(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | None = None) -> list[dict]:
@@ -605,7 +489,7 @@ def adapt_model(
     for module in network.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             # Keep the statistics learnt over the training set: re-estimated from one scan's small patches they drift
-            # within a few steps and cost several dB (measured on speckle noise, docs/experiments.md).
+            # within a few steps and cost several dB (measured on speckle noise, research/experiments.md).
             module.eval()
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     loss_function = BlindSpotLoss(margin)

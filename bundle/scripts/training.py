@@ -92,7 +92,7 @@ class AutocastInferer(Inferer):
     and the weights' updates stay float32; for ``SupervisedTrainer`` (MONAI's ``amp`` is for CUDA only).
 
     Why: a training step of the shipped network (16 patches of 128²) takes 0.37-0.41 s in bfloat16 against 0.72-0.74 s
-    in float32 on this project's CPU, twice the steps for a given time (``docs/experiments.md``, session 10).
+    in float32 on this project's CPU, twice the steps for a given time (``research/experiments.md``, session 10).
     """
 
     def __init__(self, precision: str = "auto") -> None:
@@ -142,7 +142,7 @@ class WeightAverage:
     statistics (ignite's ``EMAHandler``), saved as a state dict to ``save_path`` when training ends.
 
     Single checkpoints of one run differ by up to 0.5 dB at one noise setting from one validation to the next
-    (``docs/experiments.md``); the average of the last few epochs' weights is a steadier model. The average starts
+    (``research/experiments.md``); the average of the last few epochs' weights is a steadier model. The average starts
     when training starts, after the ``CheckpointLoader`` handlers listed before it have loaded the weights (an
     ``EMAHandler`` built with the config would copy the network before, at its random initialisation).
 
@@ -178,7 +178,7 @@ def average_checkpoints(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str,
     """The uniform mean of the weights of several fine-tunes of one network, a "model soup" (Wortsman et al. 2022).
 
     Two runs from the same starting weights with different losses (PSNR, PSNR + SSIM) land in one basin, and their
-    mean keeps most of each one's strength (``docs/experiments.md``, bundle 0.10.0). Floating-point tensors (weights,
+    mean keeps most of each one's strength (``research/experiments.md``, bundle 0.10.0). Floating-point tensors (weights,
     BatchNorm statistics) are averaged in float32 and stored in their own dtype; integer ones (BatchNorm's batch
     counter) are taken from the first checkpoint.
 
