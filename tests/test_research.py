@@ -1,5 +1,5 @@
-"""The research objectives that lost (``research/``): Recorrupted-to-Recorrupted pairs, the SURE target and the
-checkpoint surgery between one- and two-output heads. Their configs run against the bundle in
+"""The research objectives that lost (``research/``): Recorrupted-to-Recorrupted pairs, the SURE target, the censored
+and normalized blind-spot losses and the checkpoint surgery between one- and two-output heads. Their configs run against the bundle in
 ``test_selfsupervised.py::test_selfsupervised_config_never_reads_a_clean_image``."""
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from research.blind_spot_losses import CensoredBlindSpotLoss, NormalizedBlindSpotLoss
 from research.checkpoints import mean_channel_only, with_prior_channel
 from research.recorrupted import Recorruptd
 from research.sure import NoiseSigmaTargetd, sigma_targets
 from scripts.data import center_crop
 from scripts.networks import DenoisingAutoencoder
 from scripts.noise import parse_noise
+from scripts.selfsupervised import BlindSpotLoss
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +91,40 @@ def test_sure_target_is_the_noisy_centre_channel_and_its_sigma(noisy_ct):
     np.testing.assert_array_equal(item["image"], stack)
     as_tensor = NoiseSigmaTargetd("image")({"image": torch.from_numpy(stack), "sigma": 0.1})["label"]
     torch.testing.assert_close(as_tensor, torch.from_numpy(item["label"]))
+
+
+def test_censored_loss_learns_black_as_black_where_plain_squared_error_learns_grey():
+    """Clean black (0) under Gaussian noise of sigma 0.1 clipped to [0, 1]: half of the noisy values sit at 0 and the
+    rest average 0.08. Over constant predictions, the squared error is smallest near 0.04; the censored loss near 0."""
+    sigma = 0.1
+    noisy = parse_noise(f"gaussian:factor={sigma}").set_random_state(seed=0)(np.zeros((1, 1, 64, 64), np.float32))
+    target = torch.cat([torch.from_numpy(noisy), torch.ones(1, 1, 64, 64), torch.full((1, 1, 64, 64), sigma)], dim=1)
+    levels = np.linspace(-0.1, 0.1, 201)
+
+    def best(loss: torch.nn.Module) -> float:
+        return levels[np.argmin([loss(torch.full((1, 1, 64, 64), level), target).item() for level in levels])]
+
+    assert abs(best(CensoredBlindSpotLoss())) < 0.01
+    assert best(BlindSpotLoss()) == pytest.approx(sigma / np.sqrt(2 * np.pi), abs=0.01)
+    with pytest.raises(ValueError, match="sigma"):
+        CensoredBlindSpotLoss()(torch.zeros(1, 1, 4, 4), target[:, :2, :4, :4])
+
+
+def test_normalized_loss_divides_each_sample_by_its_own_noise_variance():
+    """Two samples with the same relative error (error = sigma/2) count the same once normalized; plain squared errors
+    let the heavily noised one (sigma 0.2) outweigh the light one (sigma 0.02) 100 to 1."""
+    sigmas = torch.tensor([0.02, 0.2]).view(2, 1, 1, 1)
+    noisy = torch.full((2, 1, 8, 8), 0.5)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, ::2, ::2] = 1
+    target = torch.cat([noisy, mask, sigmas.expand(2, 1, 8, 8)], dim=1)
+    pred = noisy + sigmas / 2
+    assert NormalizedBlindSpotLoss()(pred, target) == pytest.approx(0.25, rel=1e-5)
+    per_sample = [float(NormalizedBlindSpotLoss()(pred[i : i + 1], target[i : i + 1])) for i in range(2)]
+    assert per_sample[0] == pytest.approx(per_sample[1], rel=1e-5)
+    assert BlindSpotLoss()(pred, target) == pytest.approx((0.01**2 + 0.1**2) / 2, rel=1e-5)
+    flat = target.clone()
+    flat[:, 2] = 0.0  # a flat slice measures no noise: the floor keeps its weight bounded
+    assert NormalizedBlindSpotLoss()(pred, flat) == pytest.approx(float(((sigmas / 2) ** 2).mean() / 0.01**2), rel=1e-5)
+    with pytest.raises(ValueError, match="sigma"):
+        NormalizedBlindSpotLoss()(pred, target[:, :2])

@@ -364,45 +364,6 @@ def test_adaptation_hides_blocks_when_only_the_scale_ratio_sees_correlated_noise
         assert (record["noise_scale_ratio"] > selfsupervised.CORRELATED_SCALE_RATIO) == (span == 3), record
 
 
-def test_censored_loss_learns_black_as_black_where_plain_squared_error_learns_grey():
-    """Clean black (0) under Gaussian noise of sigma 0.1 clipped to [0, 1]: half of the noisy values sit at 0 and the
-    rest average 0.08. Over constant predictions, the squared error is smallest near 0.04; the censored loss near 0."""
-    sigma = 0.1
-    noisy = parse_noise(f"gaussian:factor={sigma}").set_random_state(seed=0)(np.zeros((1, 1, 64, 64), np.float32))
-    target = torch.cat([torch.from_numpy(noisy), torch.ones(1, 1, 64, 64), torch.full((1, 1, 64, 64), sigma)], dim=1)
-    levels = np.linspace(-0.1, 0.1, 201)
-
-    def best(loss: BlindSpotLoss) -> float:
-        return levels[np.argmin([loss(torch.full((1, 1, 64, 64), level), target).item() for level in levels])]
-
-    assert abs(best(BlindSpotLoss(censored=True))) < 0.01
-    assert best(BlindSpotLoss()) == pytest.approx(sigma / np.sqrt(2 * np.pi), abs=0.01)
-    with pytest.raises(ValueError, match="sigma"):
-        BlindSpotLoss(censored=True)(torch.zeros(1, 1, 4, 4), target[:, :2, :4, :4])
-
-
-def test_normalized_loss_divides_each_sample_by_its_own_noise_variance():
-    """Two samples with the same relative error (error = sigma/2) count the same once normalized; plain squared errors
-    let the heavily noised one (sigma 0.2) outweigh the light one (sigma 0.02) 100 to 1."""
-    sigmas = torch.tensor([0.02, 0.2]).view(2, 1, 1, 1)
-    noisy = torch.full((2, 1, 8, 8), 0.5)
-    mask = torch.zeros(2, 1, 8, 8)
-    mask[:, :, ::2, ::2] = 1
-    target = torch.cat([noisy, mask, sigmas.expand(2, 1, 8, 8)], dim=1)
-    pred = noisy + sigmas / 2
-    assert BlindSpotLoss(normalized=True)(pred, target) == pytest.approx(0.25, rel=1e-5)
-    per_sample = [float(BlindSpotLoss(normalized=True)(pred[i : i + 1], target[i : i + 1])) for i in range(2)]
-    assert per_sample[0] == pytest.approx(per_sample[1], rel=1e-5)
-    assert BlindSpotLoss()(pred, target) == pytest.approx((0.01**2 + 0.1**2) / 2, rel=1e-5)
-    flat = target.clone()
-    flat[:, 2] = 0.0  # a flat slice measures no noise: the floor keeps its weight bounded
-    assert BlindSpotLoss(normalized=True)(pred, flat) == pytest.approx(
-        float(((sigmas / 2) ** 2).mean() / 0.01**2), rel=1e-5
-    )
-    with pytest.raises(ValueError, match="sigma"):
-        BlindSpotLoss(normalized=True)(pred, target[:, :2])
-
-
 def test_posterior_loss_is_lowest_at_the_hidden_values_mean_and_their_variance_less_the_noise():
     """Hidden noisy values y = x + s*z1 + sigma*z2 (a clean value of spread s, noise sigma): the loss is smallest for
     the mean of y and the log prior variance log(var(y) - sigma^2) = log(s^2), and the 2-channel shape is checked."""

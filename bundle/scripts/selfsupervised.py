@@ -6,8 +6,7 @@ independent from pixel to pixel and a hidden pixel's own value is nowhere in the
 clean value, so noisy images are enough to learn from.
 
 - :class:`BlindSpotMask` / :class:`BlindSpotMaskd`: the masking, a MONAI randomizable transform and its dict version.
-- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels (optionally away from, or censored at, the
-  clipping bounds).
+- :class:`BlindSpotLoss`: the mean squared error over the hidden pixels (optionally away from the clipping bounds).
 - :class:`BlindSpotPosteriorLoss`: the same with a predicted prior variance, for a per-pixel blend of prediction and
   noisy pixel at inference (:func:`scripts.noise_level.posterior_mean`).
 - :class:`SureInferer`, :class:`SureLoss`: Stein's unbiased risk estimate of the squared error to the clean image from
@@ -158,7 +157,7 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
     channel (the target) and the mask, which :class:`BlindSpotLoss` takes as its target, so MONAI's
     ``SupervisedTrainer`` trains the blind-spot objective unchanged (``image`` -> network, ``label`` -> loss).
     With ``sigma_key`` (the item's noise sigma, e.g. from :func:`noisy_only`) a third channel holds that sigma, for
-    the censored loss."""
+    :class:`BlindSpotPosteriorLoss`."""
 
     def __init__(
         self,
@@ -197,57 +196,36 @@ class BlindSpotMaskd(RandomizableTransform, MapTransform):
 
 
 class BlindSpotLoss(nn.Module):
-    """Mean squared error over the hidden pixels only; optionally away from, or censored at, the clipping bounds.
+    """Mean squared error over the hidden pixels only, optionally away from the clipping bounds.
 
     ``forward(pred (B, 1, H, W), target (B, 2 or 3, H, W))``: ``target[:, 0]`` is the original noisy image,
-    ``target[:, 1]`` the mask from :class:`BlindSpotMaskd`, ``target[:, 2]`` (for ``censored``) the noise sigma. A
+    ``target[:, 1]`` the mask from :class:`BlindSpotMaskd` (``target[:, 2]``, the noise sigma, is not used here). A
     batch without hidden pixels gives 0 (with a gradient of 0).
 
-    Noise clipped to [0, 1] is not zero-mean near the bounds (a black pixel's noisy values average above 0), so plain
-    squared errors teach a lighter black and a darker white. Two remedies:
-
     Args:
-        margin: leave out pixels whose prediction lies within ``margin`` of 0 or 1; about two noise sigmas removes the
-            bias. The choice looks at the prediction, which never sees the pixel's own noise, so it does not bias the
-            pixels that stay in; what is left out is not learnt (for fine-tuning a model that knows those regions).
-        censored: treat a noisy value at 0 or 1 as "at most 0" / "at least 1" of Gaussian noise with the given sigma
-            (Tobit likelihood, scaled by sigma^2 so unclipped pixels keep the squared error / 2): the clipped pixels
-            are learnt without bias (for training from scratch).
-        normalized: divide each sample's loss by its noise variance (sigma from the third channel, at least
-            :data:`MIN_SIGMA`): a hidden pixel's expected squared error is ``error^2 + sigma^2``, so without it the
-            heavily noised slices dominate and the lightly noised ones, where the blind spot costs most, learn least.
+        margin: leave out pixels whose prediction lies within ``margin`` of 0 or 1. Noise clipped to [0, 1] is not
+            zero-mean near the bounds (a black pixel's noisy values average above 0), so plain squared errors teach a
+            lighter black and a darker white; about two noise sigmas removes the bias. The choice looks at the
+            prediction, which never sees the pixel's own noise, so it does not bias the pixels that stay in; what is
+            left out is not learnt (for fine-tuning a model that knows those regions, as :func:`adapt_model` does).
     """
 
-    #: Floor of the per-sample sigma of ``normalized``: a flat slice measures almost no noise and would take over.
-    MIN_SIGMA = 0.01
-
-    def __init__(self, margin: float = 0.0, censored: bool = False, normalized: bool = False) -> None:
+    def __init__(self, margin: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= margin < 0.5:
             raise ValueError(f"blind-spot loss margin {margin} must be in [0, 0.5): a fraction of the [0, 1] range")
-        self.margin, self.censored, self.normalized = margin, censored, normalized
+        self.margin = margin
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def hidden(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noisy (B, 1, H, W), mask (B, 1, H, W))``: the noisy target and the hidden pixels the loss counts."""
         noisy, mask = target[:, :1], target[:, 1:2]
         if self.margin:
             mask = mask * _away_from_bounds(pred, self.margin)
-        if (self.censored or self.normalized) and target.shape[1] < 3:
-            raise ValueError(
-                "the censored or normalized blind-spot loss needs the noise sigma as a third target channel"
-            )
-        if self.censored:
-            sigma = target[:, 2:3].clamp(min=1e-3)
-            squared = 0.5 * (pred - noisy) ** 2
-            below = -(sigma**2) * torch.special.log_ndtr(-pred / sigma)  # P(noisy value <= 0)
-            above = -(sigma**2) * torch.special.log_ndtr((pred - 1.0) / sigma)  # P(noisy value >= 1)
-            errors = torch.where(noisy <= 0.0, below, torch.where(noisy >= 1.0, above, squared))
-        else:
-            errors = (pred - noisy) ** 2
-        if self.normalized:
-            per_sample = (mask * errors).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
-            variance = target[:, 2].flatten(1)[:, 0].clamp(min=self.MIN_SIGMA) ** 2
-            return (per_sample / variance).mean()
-        return _masked_mean(errors, mask)
+        return noisy, mask
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        noisy, mask = self.hidden(pred, target)
+        return masked_mean((pred - noisy) ** 2, mask)
 
 
 class SureInferer(Inferer):
@@ -342,7 +320,7 @@ def _away_from_bounds(level: torch.Tensor, margin: float | torch.Tensor) -> torc
     return (level > margin) & (level < 1.0 - margin)
 
 
-def _masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``errors`` over the hidden pixels (``mask`` 1); 0, with a gradient of 0, when none is hidden."""
     return (mask * errors).sum() / mask.sum().clamp(min=1.0)
 
@@ -362,7 +340,7 @@ class BlindSpotPosteriorLoss(nn.Module):
     ``(B, 2, H, W)`` (noisy image, sigma) for a network with an architectural blind spot
     (:class:`scripts.networks.BlindSpotNetwork`), where every pixel is a target. A squared error counts relative
     to the predicted variance, so lightly and heavily noised slices weigh alike (as with
-    ``BlindSpotLoss(normalized=True)``).
+    ``research.blind_spot_losses.NormalizedBlindSpotLoss``).
     """
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -377,7 +355,7 @@ class BlindSpotPosteriorLoss(nn.Module):
         mask = target[:, 1:2] if target.shape[1] == 3 else torch.ones_like(noisy)
         variance = log_prior.exp() + sigma**2
         errors = 0.5 * ((noisy - mean) ** 2 / variance + variance.log())
-        return _masked_mean(errors, mask)
+        return masked_mean(errors, mask)
 
 
 def noisy_only(slices: Sequence[dict], noise: str, seed: int = 0, crop: int | None = None) -> list[dict]:
