@@ -114,8 +114,9 @@ class SliceAxis(enum.Enum):
         return {0: "As acquired", 1: "Resliced (rows)", 2: "Resliced (columns)"}[self.value]
 
 
-class Quality(enum.Enum):
-    """How many flips/rotations of each slice the model sees and averages (the engine's self-ensemble ``views``)."""
+class Views(enum.Enum):
+    """How many flips/rotations of each slice the model sees and averages: the engine's ``views`` (self-ensemble),
+    labelled by the quality they buy."""
 
     FAST = 1
     BETTER = 2
@@ -155,7 +156,7 @@ class MedDenoiseParameterNode:
     """The panel's state, saved with the scene.
 
     inputVolume: the volume to denoise. outputVolume: where the result goes; none = a new volume each run.
-    strength: 0 (original) .. 1 (fully denoised). quality: self-ensemble size.
+    strength: 0 (original) .. 1 (fully denoised). views: self-ensemble size (the panel's *Quality*).
     Advanced: modelPath (a bundle folder or .zip; empty = the shipped model; not bound by name because a ``Path``
     parameter shows an empty path as "."), referenceVolume (clean volume for PSNR/SSIM), adaptSeconds, processor,
     axis, allowInputOverwrite (the only way the input volume can be the output).
@@ -165,7 +166,7 @@ class MedDenoiseParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
-    quality: Quality = Quality.FAST
+    views: Views = Views.FAST
     modelPath: str = ""
     referenceVolume: vtkMRMLScalarVolumeNode
     adaptSeconds: Annotated[int, WithinRange(0, 3600)] = 0
@@ -339,7 +340,7 @@ class MedDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     axis=params.axis.value,
                     strength=params.strength,
                     adaptSeconds=params.adaptSeconds,
-                    views=params.quality.value,
+                    views=params.views.value,
                     device=params.processor.value,
                     referenceVolume=params.referenceVolume,
                     allowInputOverwrite=params.allowInputOverwrite,

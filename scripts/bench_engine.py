@@ -2,12 +2,12 @@
 """Speed and memory of the slice engine on this machine, measured on a real 512 x 512 int16 CT slice.
 
     python scripts/bench_engine.py [--slices 300] [--batch-size 8] [--threads N] [--device cpu] [--bundle DIR]
-        [--self-ensemble 2]
+        [--views 2]
 
 Prints: the machine's dense-matmul GFLOP/s in float32 and, where the engine computes in it, bfloat16; the network's
 FLOPs per slice and achieved GFLOP/s; NCHW vs channels-last, batch sizes and precisions (interleaved, best of several
 rounds, so other load on the machine hits each alike); seconds per 512 x 512 slice in each precision (also with
-``--self-ensemble`` views) and per 512 x 512 x N int16 volume through ``denoise_volume`` (the engine's precision);
+``--views``) and per 512 x 512 x N int16 volume through ``denoise_volume`` (the engine's precision);
 BM3D on the same slice (the classical method a careful user would pick instead) and how many times faster the engine
 is; peak resident memory against the
 budget of 3x the volume's float32 size plus the model.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per comparison (best is kept)")
     parser.add_argument(
-        "--self-ensemble", type=int, choices=ENSEMBLE_SIZES, default=1, metavar="N", help="also time N views per slice"
+        "--views", type=int, choices=ENSEMBLE_SIZES, default=1, metavar="N", help="also time N views per slice"
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The volume first: ru_maxrss is the process's lifetime peak, and the batch-size comparison below uses more.
     baseline_rss = psutil.Process().memory_info().rss  # imports, model and the int16 volume itself
-    view_counts = sorted({1, args.self_ensemble})
+    view_counts = sorted({1, args.views})
     one_slice = best_seconds(
         {
             (dtype, views): (lambda m=each, v=views: denoise_volume(volume[:1], m, views=v))

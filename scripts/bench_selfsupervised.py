@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapt-seconds", type=float, default=60.0, help="adaptation budget per scan (default 60)")
     parser.add_argument("--adapt-slices", type=int, default=1, help="scans adapted to per modality (default 1)")
     parser.add_argument(
-        "--self-ensemble",
+        "--views",
         type=int,
         choices=ENSEMBLE_SIZES,
         default=1,
@@ -244,9 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data": args.data,
             "slices": len(slices),
             "torch_threads": torch.get_num_threads(),
-            "views": args.self_ensemble,
+            "views": args.views,
             "noise_level": noise_level_table(slices, args.crop, args.seed),
-            "gaussian": gaussian_table(slices, args.crop, args.seed, selfsupervised, shipped, args.self_ensemble),
+            "gaussian": gaussian_table(slices, args.crop, args.seed, selfsupervised, shipped, args.views),
             "adaptation": {
                 noise: adaptation_table(
                     slices,
@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     noise,
                     args.adapt_seconds,
                     args.adapt_slices,
-                    args.self_ensemble,
+                    args.views,
                     args.pictures,
                 )
                 for noise in args.unseen_noise

@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=512, help="central crop in pixels, 0 = full slices (default 512)")
     parser.add_argument("--figure-slices", type=int, default=1, help="slices per modality drawn as figures")
     parser.add_argument(
-        "--self-ensemble",
+        "--views",
         type=int,
         choices=ENSEMBLE_SIZES,
         default=1,
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             args.crop,
             args.figure_slices,
-            args.self_ensemble,
+            args.views,
             args.split,
         )
     except MedDenoiseError as error:

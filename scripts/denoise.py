@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what the network computes in (default auto: bfloat16 on CPUs that have it natively, 2x faster)",
     )
     parser.add_argument(
-        "--self-ensemble",
+        "--views",
         type=int,
         choices=ENSEMBLE_SIZES,
         default=1,
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             window=args.window,
             axis=args.axis,
             strength=args.strength,
-            views=args.self_ensemble,
+            views=args.views,
             batch_size=args.batch_size,
             float_output=args.float_output,
             adapt_seconds=args.adapt_seconds if args.adapt else 0.0,

@@ -190,7 +190,7 @@ def test_ctrl_c_leaves_no_output(embedded, tmp_path):
 def test_self_ensemble_flag_averages_the_eight_views(denoise, mni_nifti, tmp_path, shipped_model):
     from scripts.engine import denoise_volume
 
-    assert denoise(mni_nifti, "-o", tmp_path / "ensemble.nii.gz", "--self-ensemble", 8, "--float-output") == 0
+    assert denoise(mni_nifti, "-o", tmp_path / "ensemble.nii.gz", "--views", 8, "--float-output") == 0
     written = read_image(tmp_path / "ensemble.nii.gz").array
     volume = read_image(mni_nifti).array
     expected = denoise_volume(volume, shipped_model, float_output=True, views=8)

@@ -58,7 +58,7 @@ def test_panel_puts_the_everyday_settings_first_and_the_rest_under_advanced():
     main = root.find("widget/layout")
     top_form = main.find("item/layout[@name='denoiseLayout']")
     top = [w.get("name") for w in top_form.iter("widget") if w.get("class") != "QLabel"]
-    assert top == ["inputSelector", "outputSelector", "strengthSliderWidget", "qualityComboBox"]
+    assert top == ["inputSelector", "outputSelector", "strengthSliderWidget", "viewsComboBox"]
     sections = {w.get("name"): w for w in main.findall("item/widget")}
     advanced = sections["advancedCollapsibleButton"]
     assert properties(advanced)["collapsed"] == "true"

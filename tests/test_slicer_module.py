@@ -275,14 +275,14 @@ def test_parameter_node_defaults_and_metrics_text(module, scene):
         module.Processor.AUTO,
         "",  # the shipped model; a Path field would show "." in the path box
     )
-    assert params.outputVolume is None and not params.allowInputOverwrite and params.quality == module.Quality.FAST
-    assert [quality.value for quality in module.Quality] == [1, 2, 8], "self-ensemble sizes the engine accepts"
+    assert params.outputVolume is None and not params.allowInputOverwrite and params.views == module.Views.FAST
+    assert [views.value for views in module.Views] == [1, 2, 8], "self-ensemble sizes the engine accepts"
     assert [processor.label() for processor in module.Processor] == ["Automatic", "CPU", "NVIDIA GPU"]
     assert module.DEVICES == ["auto", "cpu", "cuda"]
     # Slicer's serializers check types and ranges; every field has a range or a fixed set of values.
     for field, bad, error in (("strength", 1.5, ValueError), ("strength", None, ValueError),
                               ("adaptSeconds", 0.5, TypeError), ("noiseSeed", -1, ValueError),
-                              ("noiseSeed", 10**7, ValueError), ("quality", 2, TypeError),
+                              ("noiseSeed", 10**7, ValueError), ("views", 2, TypeError),
                               ("modelPath", None, ValueError)):  # fmt: skip
         with pytest.raises(error):
             setattr(params, field, bad)

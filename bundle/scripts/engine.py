@@ -162,7 +162,7 @@ def build_network(network_def: dict) -> torch.nn.Module:
         with torch.device("meta"):
             parameters = sum(p.numel() for p in cls(**args).parameters())
     except (TypeError, ValueError, RuntimeError) as error:  # NotImplementedError included
-        raise BundleError(f"network_def for {target} has invalid arguments: {_first_line(error)}") from None
+        raise BundleError(f"network_def for {target} has invalid arguments: {_torch_error_detail(error)}") from None
     if parameters > MAX_PARAMETERS:
         raise BundleError(
             f"network_def for {target} asks for {parameters:,} parameters (limit {MAX_PARAMETERS:,}, "
@@ -336,8 +336,9 @@ def _check_finite(network: torch.nn.Module, bundle_dir: Path) -> None:
             )
 
 
-def _first_line(error: Exception) -> str:
-    """The first specific line of a PyTorch error (its state-dict messages list every tensor)."""
+def _torch_error_detail(error: Exception) -> str:
+    """The second non-empty line of a PyTorch error: the first specific one (its state-dict messages list every
+    tensor after a general first line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
 

@@ -175,7 +175,7 @@ def _read_series(folder: Path, series_uid: str | None, max_bytes: int | None) ->
         with _sitk_quiet():
             image = reader.Execute()
     except RuntimeError as error:
-        raise ImageReadError(f"{folder}: the DICOM series cannot be read ({_first_line(error)})") from None
+        raise ImageReadError(f"{folder}: the DICOM series cannot be read ({_last_line(error)})") from None
 
     def tag(k: int, key: str) -> str:
         return reader.GetMetaData(k, key) if reader.HasMetaDataKey(k, key) else ""
@@ -322,7 +322,7 @@ def _read_file(path: Path, max_bytes: int | None) -> tuple[sitk.Image, str]:
             reader.ReadImageInformation()
     except RuntimeError as error:
         raise ImageReadError(
-            f"{path}: not a readable medical image ({_first_line(error)}); supported: {', '.join(READ_EXTENSIONS)} "
+            f"{path}: not a readable medical image ({_last_line(error)}); supported: {', '.join(READ_EXTENSIONS)} "
             "files and DICOM series folders"
         ) from None
     _check_size(path, reader.GetSize()[::-1], _voxel_bytes(reader), _stored_bytes(path), max_bytes)
@@ -335,7 +335,7 @@ def _read_file(path: Path, max_bytes: int | None) -> tuple[sitk.Image, str]:
         with _sitk_quiet():
             image = reader.Execute()
     except RuntimeError as error:
-        raise ImageReadError(f"{path}: not a readable medical image ({_first_line(error)})") from None
+        raise ImageReadError(f"{path}: not a readable medical image ({_last_line(error)})") from None
     if dicom:
         if reader.HasMetaDataKey("0020|0037"):
             _check_orthonormal(path, _dicom_vector(reader.GetMetaData("0020|0037"), 6).reshape(2, 3))
@@ -351,7 +351,7 @@ def _header(path: Path) -> sitk.ImageFileReader:
         with _sitk_quiet():
             reader.ReadImageInformation()
     except RuntimeError as error:
-        raise ImageReadError(f"{path}: not a readable DICOM file ({_first_line(error)})") from None
+        raise ImageReadError(f"{path}: not a readable DICOM file ({_last_line(error)})") from None
     return reader
 
 
@@ -737,7 +737,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, like: Volume, overwr
         os.replace(partial, path)
     except (RuntimeError, OSError) as error:  # OSError: e.g. the disk is full
         raise ImageWriteError(
-            f"{path}: cannot be written ({_first_line(error)}); free space or choose another folder"
+            f"{path}: cannot be written ({_last_line(error)}); free space or choose another folder"
         ) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -771,9 +771,10 @@ def _umask() -> int:
     return mask
 
 
-def _first_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
+    """The last non-empty line of an error message: ITK's start with a file:line location and end with the
+    description (unlike PyTorch's, whose specific line comes second: ``scripts.engine._torch_error_detail``)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # ITK messages start with a file:line location; the description is the last line.
     return lines[-1] if lines else type(error).__name__
 
 

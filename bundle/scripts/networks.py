@@ -151,6 +151,11 @@ class Unconditioned(nn.Module):
 class DenoisingAutoencoder(nn.Module):
     """Convolutional encoder-decoder that maps a noisy slice to a clean one.
 
+    Two designs, one class: the defaults build Gondara's DAE (2016; two 64-wide levels, no skips, sigmoid output,
+    about 112k parameters), the seeds' baseline. The shipped network is a residual U-Net: ``configs/train.yaml``'s
+    ``network_def`` (skip connections, residual output, batch norm, a PixelUnshuffle stem, global context,
+    refinement blocks and the noise-level input), which :func:`scripts.engine.build_network` builds from the bundle.
+
     Args:
         in_channels: input channels (1, or 2k+1 neighbouring slices for 2.5D input; the centre one is denoised).
         out_channels: output channels (1).

@@ -164,7 +164,7 @@ def render(output: Path) -> None:
     outputSelector = find(QComboBox, "outputSelector")
     outputSelector.addItem(outputSelector.noneDisplay)
     find(QComboBox, "referenceSelector").addItem("None")
-    find(QComboBox, "qualityComboBox").addItems([quality.label() for quality in module.Quality])
+    find(QComboBox, "viewsComboBox").addItems([views.label() for views in module.Views])
     find(QComboBox, "processorComboBox").addItems([processor.label() for processor in module.Processor])
     find(QComboBox, "axisComboBox").addItems(module.slicePlaneLabels(np.diag([-0.7, -0.7, 2.5, 1.0])))
     find(QComboBox, "noisePresetComboBox").addItems(logic.noisePresets())
