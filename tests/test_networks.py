@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scripts.data import center_crop, load_slices
-from scripts.networks import BlindSpotNetwork, DenoisingAutoencoder, SliceNoiseSigma
+from scripts.networks import DenoisingAutoencoder, SliceNoiseSigma
 from scripts.noise import parse_noise
 from scripts.noise_level import slice_noise_sigma
 
@@ -179,27 +179,3 @@ def test_noise_level_input_starts_as_the_identity_then_tells_light_noise_from_he
         assert not torch.allclose(out[0, ..., :8], out[1, ..., :8]), "the level reaches every pixel"
     scripted = torch.jit.script(conditioned)  # exportable as models/model.ts
     assert torch.allclose(scripted(pair), out)
-
-
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_blind_spot_network_never_sees_the_pixel_it_predicts(ct_slice, training):
-    """d output(p) / d input(p) is exactly zero at every pixel tried, on a real CT crop whose size is no multiple of
-    the pooling factor (zero padding, four turns), while each of its eight neighbours reaches it."""
-    torch.manual_seed(0)
-    network = BlindSpotNetwork(features=(8, 8, 8)).train(training)
-    image = torch.tensor(center_crop(ct_slice, 64)[:61, :45][None, None], requires_grad=True)
-    out = network(image)
-    assert out.shape == (1, 2, 61, 45)
-    for row, col in [(0, 0), (30, 22), (60, 44), (17, 40), (1, 1)]:
-        (grad,) = torch.autograd.grad(out[0, 0, row, col], image, retain_graph=True)
-        assert grad[0, 0, row, col] == 0
-        window = grad[0, 0, max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
-        assert (window != 0).sum() == window.numel() - 1, "every neighbour but the pixel itself is seen"
-
-
-@pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (64, 64), (127, 33)])
-def test_blind_spot_network_maps_any_slice_size_to_itself(height, width):
-    with torch.inference_mode():
-        assert BlindSpotNetwork(features=(8, 8)).eval()(torch.rand(1, 1, height, width)).shape == (1, 2, height, width)
-    with pytest.raises(ValueError, match="features"):
-        BlindSpotNetwork(features=())

@@ -1,5 +1,5 @@
 """The research objectives that lost (``research/``): Recorrupted-to-Recorrupted pairs, the SURE target, the censored
-and normalized blind-spot losses and the checkpoint surgery between one- and two-output heads. Their configs run against the bundle in
+and normalized blind-spot losses, the architectural blind-spot network and the checkpoint surgery between one- and two-output heads. Their configs run against the bundle in
 ``test_selfsupervised.py::test_selfsupervised_config_never_reads_a_clean_image``."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from research.blind_spot_losses import CensoredBlindSpotLoss, NormalizedBlindSpotLoss
+from research.blind_spot_network import BlindSpotNetwork
 from research.checkpoints import mean_channel_only, with_prior_channel
 from research.recorrupted import Recorruptd
 from research.sure import NoiseSigmaTargetd, sigma_targets
@@ -128,3 +129,27 @@ def test_normalized_loss_divides_each_sample_by_its_own_noise_variance():
     assert NormalizedBlindSpotLoss()(pred, flat) == pytest.approx(float(((sigmas / 2) ** 2).mean() / 0.01**2), rel=1e-5)
     with pytest.raises(ValueError, match="sigma"):
         NormalizedBlindSpotLoss()(pred, target[:, :2])
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_blind_spot_network_never_sees_the_pixel_it_predicts(ct_slice, training):
+    """d output(p) / d input(p) is exactly zero at every pixel tried, on a real CT crop whose size is no multiple of
+    the pooling factor (zero padding, four turns), while each of its eight neighbours reaches it."""
+    torch.manual_seed(0)
+    network = BlindSpotNetwork(features=(8, 8, 8)).train(training)
+    image = torch.tensor(center_crop(ct_slice, 64)[:61, :45][None, None], requires_grad=True)
+    out = network(image)
+    assert out.shape == (1, 2, 61, 45)
+    for row, col in [(0, 0), (30, 22), (60, 44), (17, 40), (1, 1)]:
+        (grad,) = torch.autograd.grad(out[0, 0, row, col], image, retain_graph=True)
+        assert grad[0, 0, row, col] == 0
+        window = grad[0, 0, max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
+        assert (window != 0).sum() == window.numel() - 1, "every neighbour but the pixel itself is seen"
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (64, 64), (127, 33)])
+def test_blind_spot_network_maps_any_slice_size_to_itself(height, width):
+    with torch.inference_mode():
+        assert BlindSpotNetwork(features=(8, 8)).eval()(torch.rand(1, 1, height, width)).shape == (1, 2, height, width)
+    with pytest.raises(ValueError, match="features"):
+        BlindSpotNetwork(features=())

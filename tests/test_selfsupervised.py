@@ -10,7 +10,7 @@ import torch
 from conftest import BUNDLE, ROOT
 
 from scripts.data import center_crop, load_slices
-from scripts.engine import LoadedModel, build_network, denoise_volume
+from scripts.engine import LoadedModel, denoise_volume
 from scripts.errors import CancelledError
 from scripts.intensity import IntensityWindow
 from scripts.metrics import image_metrics
@@ -182,7 +182,7 @@ def test_selfsupervised_config_never_reads_a_clean_image(embedded, tmp_path, obj
     assert np.isfinite(float(trainer.state.output[0]["loss"]))
     assert evaluator.state.metrics[metric] < untrained, "noisy images alone taught it something"
     checkpoint = tmp_path / checkpoint_name
-    build_network(parser.get("network_def")).load_state_dict(torch.load(checkpoint, weights_only=True))
+    parser.get_parsed_content("network_def", lazy=False).load_state_dict(torch.load(checkpoint, weights_only=True))
 
 
 def test_noisy_only_drops_the_clean_image(noisy_ct):

@@ -19,7 +19,7 @@ import torch
 from .bundle_archive import extract_bundle, file_hash, read_config, shipped_hashes, verify_weights
 from .errors import BundleError, CancelledError, InvalidImageError
 from .intensity import IntensityWindow
-from .networks import BlindSpotNetwork, DenoisingAutoencoder
+from .networks import DenoisingAutoencoder
 from .noise_level import noise_share, posterior_mean, slice_noise_sigma
 from .slices import check_volume, slice_stack, unstack
 
@@ -31,8 +31,6 @@ BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {
     "scripts.networks.DenoisingAutoencoder": DenoisingAutoencoder,
     "DenoisingAutoencoder": DenoisingAutoencoder,
-    "scripts.networks.BlindSpotNetwork": BlindSpotNetwork,
-    "BlindSpotNetwork": BlindSpotNetwork,
 }
 _MONAI_NETWORKS = "monai.networks.nets."
 #: The ``monai.networks.nets`` classes a bundle may name: image-to-image networks (output the input's height and

@@ -338,7 +338,7 @@ class BlindSpotPosteriorLoss(nn.Module):
     ``forward(pred (B, 2, H, W), target (B, 3, H, W))``: ``pred[:, 0]`` the mean, ``pred[:, 1]`` the log prior
     variance; ``target`` as for :class:`BlindSpotLoss` with ``sigma_key`` (noisy image, mask, sigma), or
     ``(B, 2, H, W)`` (noisy image, sigma) for a network with an architectural blind spot
-    (:class:`scripts.networks.BlindSpotNetwork`), where every pixel is a target. A squared error counts relative
+    (``research.blind_spot_network.BlindSpotNetwork``), where every pixel is a target. A squared error counts relative
     to the predicted variance, so lightly and heavily noised slices weigh alike (as with
     ``research.blind_spot_losses.NormalizedBlindSpotLoss``).
     """
