@@ -19,7 +19,7 @@ sys.path.insert(0, str(BUNDLE))
 
 import torch  # noqa: E402
 
-from scripts.report import write_atomic  # noqa: E402
+from scripts.atomic import write_atomic  # noqa: E402
 from scripts.training import average_checkpoints  # noqa: E402
 
 

@@ -37,6 +37,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 from skimage.restoration import estimate_sigma  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from scripts.atomic import write_atomic  # noqa: E402
 from scripts.baselines import nlmeans  # noqa: E402
 from scripts.data import noisy_pairs  # noqa: E402
 from scripts.engine import ENSEMBLE_SIZES, LoadedModel, denoise_volume, load_bundle  # noqa: E402
@@ -45,7 +46,7 @@ from scripts.intensity import IntensityWindow  # noqa: E402
 from scripts.metrics import image_metrics  # noqa: E402
 from scripts.noise import DEFAULT_SETTINGS, noise_sigma  # noqa: E402
 from scripts.noise_level import slice_noise_sigma  # noqa: E402
-from scripts.report import plot_comparison, write_atomic  # noqa: E402
+from scripts.report import plot_comparison  # noqa: E402
 from scripts.selfsupervised import adapt_model  # noqa: E402
 
 GAUSSIAN_SETTINGS = [spec for spec in DEFAULT_SETTINGS if spec.startswith("gaussian")]

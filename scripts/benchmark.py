@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from scripts.atomic import write_atomic  # noqa: E402
 from scripts.baselines import BASELINES, Baseline  # noqa: E402
 from scripts.data import (  # noqa: E402
     FLAT_REGION_CHECK,
@@ -52,8 +53,8 @@ from scripts.report import (  # noqa: E402
     results_markdown,
     short_label,
     summarize,
-    write_atomic,
 )
+from scripts.slices import evenly_spaced  # noqa: E402
 
 METHODS = ("noisy", *BASELINES, "dae")
 
@@ -90,12 +91,6 @@ def parse_methods(names: Sequence[str]) -> list[str]:
             f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
         )
     return methods
-
-
-def _evenly_spaced(items: Sequence, count: int | None) -> list:
-    if not count or len(items) <= count:
-        return list(items)
-    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))]
 
 
 def _by_modality(items: Sequence[dict]) -> dict[str, list[dict]]:
@@ -135,11 +130,11 @@ def benchmark_slices(
     if split != "by-group":
         items = [{**item, "source": source_name(item["source"])} for item in items]
     key = "modality" if split == "by-group" else "source"
-    chosen = [item for group in _by_key(items, key).values() for item in _evenly_spaced(group, max_slices)]
+    chosen = [group[i] for group in _by_key(items, key).values() for i in evenly_spaced(len(group), max_slices)]
     chosen += [item for item in items if is_flat_region_check(item) and item not in chosen]
     slices = load_slices(chosen, max_slices_per_volume=max_slices)
     slices = [item for item in slices if center_crop(item["label"], crop).std() >= blank_std]
-    kept = [item for group in _by_key(slices, key).values() for item in _evenly_spaced(group, max_slices)]
+    kept = [group[i] for group in _by_key(slices, key).values() for i in evenly_spaced(len(group), max_slices)]
     kept_ids = {id(item) for item in kept}
     return kept + [item for item in slices if is_flat_region_check(item) and id(item) not in kept_ids]
 

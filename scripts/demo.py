@@ -21,6 +21,7 @@ sys.path.insert(0, str(BUNDLE))
 import numpy as np  # noqa: E402
 from scipy.ndimage import median_filter  # noqa: E402
 
+from scripts.atomic import write_atomic  # noqa: E402
 from scripts.data import center_crop, embedded_datalist, load_slices  # noqa: E402
 from scripts.engine import denoise_volume, load_bundle  # noqa: E402
 from scripts.errors import MedDenoiseError  # noqa: E402
@@ -52,7 +53,7 @@ def save_comparison(path: Path, title: str, panels: dict[str, np.ndarray]) -> No
         axis.axis("off")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path)
+    write_atomic(path, figure.savefig)
     plt.close(figure)
 
 

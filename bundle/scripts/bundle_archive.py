@@ -15,15 +15,14 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from .atomic import atomic_file, atomic_folder, write_atomic
 from .errors import BundleError
 
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
@@ -164,10 +163,8 @@ def record_hashes(bundle_dir: str | os.PathLike) -> list[dict]:
             entry.update(hash_type=HASH_TYPE, hash_val=file_hash(bundle_dir / entry["path"]))
     path = bundle_dir / "large_files.yml"
     comments = [line for line in path.read_text().splitlines(True) if line.startswith("#")] if path.is_file() else []
-    handle, temporary = tempfile.mkstemp(dir=bundle_dir, prefix=".large_files.yml.", suffix=".part")
-    with os.fdopen(handle, "w") as sink:
-        sink.write("".join(comments) + yaml.safe_dump({"large_files": entries}, sort_keys=False))
-    os.replace(temporary, path)
+    text = "".join(comments) + yaml.safe_dump({"large_files": entries}, sort_keys=False)
+    write_atomic(path, lambda partial: partial.write_text(text))
     return entries
 
 
@@ -232,20 +229,12 @@ def pack_bundle(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / f"{release_name(name, metadata['version'])}.zip"
-    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=f".{target.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for member, source in sorted(members.items()):
-                info = zipfile.ZipInfo(f"{top}/{member}", date_time=_ZIP_TIME)
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, source if isinstance(source, bytes) else source.read_bytes())
-        os.chmod(temporary, 0o644)  # mkstemp made it private (0600); a release is for everyone to read
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_file(target) as partial, zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for member, source in sorted(members.items()):
+            info = zipfile.ZipInfo(f"{top}/{member}", date_time=_ZIP_TIME)
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, source if isinstance(source, bytes) else source.read_bytes())
     return target
 
 
@@ -307,8 +296,8 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
 
     The folder is ``<cache_dir>/<sha256 of the zip>/<top-level folder>``, so the same zip is extracted once and a
     changed zip never reuses a stale copy. Extraction goes to a temporary folder that is renamed into place when
-    complete; weight files are checked against the hashes in the zip's ``large_files.yml``. The temporary folder's
-    name holds the extracting process's id, so one left by a killed process is removed by the next extraction.
+    complete (:func:`scripts.atomic.atomic_folder`: one left by a killed process is removed by the next extraction);
+    weight files are checked against the hashes in the zip's ``large_files.yml``.
     """
     zip_path = Path(zip_path)
     if not zip_path.is_file():
@@ -321,25 +310,17 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
         top = check_members(archive)
         if (destination / top / "configs" / "metadata.json").is_file():
             return destination / top
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        owner = _staging_owner()
-        _remove_dead_staging(destination.parent, owner)
-        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{owner}{os.getpid()}."))
         try:
-            for info in archive.infolist():
-                target = staging.joinpath(*PurePosixPath(info.filename).parts)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(target, "wb") as sink:  # the CRC is checked on read
-                    shutil.copyfileobj(source, sink)
-            _check_hashes(staging / top, zip_path)
-            try:
-                staging.rename(destination)
-            except OSError:  # another process extracted the same zip meanwhile; theirs is identical
-                if not (destination / top).is_dir():
-                    raise
+            with atomic_folder(destination, keep_existing=True) as staging:  # another process's copy is identical
+                for info in archive.infolist():
+                    target = staging.joinpath(*PurePosixPath(info.filename).parts)
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(info) as source, open(target, "wb") as sink:  # the CRC is checked on read
+                        shutil.copyfileobj(source, sink)
+                _check_hashes(staging / top, zip_path)
         except zipfile.BadZipFile as error:
             raise BundleError(f"{zip_path}: the zip is damaged ({error}); download or build it again") from None
         except OSError as error:
@@ -347,32 +328,7 @@ def extract_bundle(zip_path: str | os.PathLike, cache_dir: str | os.PathLike | N
                 f"{zip_path}: cannot be extracted into {destination.parent} ({error.strerror or error}); free space "
                 "there or set XDG_CACHE_HOME to a writable folder"
             ) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return destination / top
-
-
-def _staging_owner() -> str:
-    return f"{socket.gethostname().replace('.', '_')}-"
-
-
-def _remove_dead_staging(cache: Path, owner: str) -> None:
-    """Remove staging folders (``.<hash>.<host>-<pid>.<random>``) that a process of this machine left when it was
-    killed mid-extraction (SIGKILL, power loss); folders of live processes and of other machines are left alone."""
-    for folder in cache.glob(f".*.{owner}*"):
-        pid = folder.name.split(f".{owner}", 1)[1].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _check_hashes(bundle_dir: Path, zip_path: Path) -> None:

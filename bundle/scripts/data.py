@@ -18,10 +18,12 @@ import numpy as np
 import pydicom
 from tqdm import tqdm
 
+from .atomic import write_atomic
 from .errors import ImageReadError, InvalidImageError
 from .image_io import READ_EXTENSIONS, dicom_series, extension, read_image, stem
 from .intensity import IntensityWindow
 from .noise import parse_noise
+from .slices import evenly_spaced, slice_stack
 
 SPLITS = ("training", "validation", "test")
 #: The named ways :func:`make_datalist` splits a folder (``by-group``: every source split by patient/series).
@@ -270,8 +272,7 @@ def make_datalist(
     if max_target_sigma:
         datalist = clean_targets(datalist, max_target_sigma, max_target_downsample)
     if output_file:
-        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_file).write_text(json.dumps(datalist, indent=1))
+        write_atomic(output_file, lambda path: path.write_text(json.dumps(datalist, indent=1)))
     return datalist
 
 
@@ -294,11 +295,11 @@ def read_planes(item: dict) -> np.ndarray:
         if len(files) < 2:
             raise
         planes = [read_image(path).array for path in files]
-        planes = [plane if plane.ndim == 3 else plane[None] for plane in planes]
+        planes = [slice_stack(plane) for plane in planes]
         if len({plane.shape[1:] for plane in planes}) != 1:
             raise
         array = np.concatenate(planes)
-    array = array if array.ndim == 3 else array[None]
+    array = slice_stack(array)
     factor = int(item.get("downsample", 1))
     if factor > 1:
         height, width = (side // factor for side in array.shape[1:])
@@ -434,10 +435,7 @@ def load_slices(
             tqdm.write(f"skipping {error}")
             continue
         window = IntensityWindow.from_data(array)
-        indices = np.arange(array.shape[0])
-        if max_slices_per_volume and len(indices) > max_slices_per_volume:
-            indices = np.unique(np.linspace(0, len(indices) - 1, max_slices_per_volume).round().astype(int))
-        for index in indices:
+        for index in evenly_spaced(len(array), max_slices_per_volume):
             scaled = window.forward(array[index])
             if scaled.std() < min_std:
                 continue

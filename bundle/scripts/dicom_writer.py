@@ -21,8 +21,6 @@ import copy
 import dataclasses
 import datetime
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +30,10 @@ from pydicom.dataset import Dataset
 from pydicom.misc import is_dicom
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 
+from .atomic import atomic_file, atomic_folder
 from .errors import ImageReadError, ImageWriteError
-from .image_io import _umask, extension, series_files
+from .image_io import extension, series_files
+from .slices import slice_stack
 
 #: CID 7203 Image Derivation (extensible) has no denoising concept; smoothing is the nearest one it defines.
 DERIVATION_CODE = ("113087", "DCM", "Smoothing")
@@ -323,8 +323,8 @@ def write_derived_series(
         check_derivable(header, path)
     frames = [int(header.get("NumberOfFrames", 1) or 1) for header in headers]
     shapes = {(int(header.Rows), int(header.Columns)) for header in headers}
-    array = array if array.ndim == 3 else array[None]
-    original = original if original is None or original.ndim == 3 else original[None]
+    array = slice_stack(array)
+    original = None if original is None else slice_stack(original)
     if array.shape[0] != sum(frames) or shapes != {array.shape[1:]}:
         raise ImageWriteError(
             f"{target}: {array.shape[0]} slices of {array.shape[1:]} do not match the {sum(frames)} frames of "
@@ -335,60 +335,19 @@ def write_derived_series(
     names = [instance_name(path) for path in sources]
     if len(set(names)) < len(names):  # e.g. "a" and "a.dcm" in one folder
         names = [f"IM{index:05d}.dcm" for index in range(1, len(sources) + 1)]
-    staging = _staging(target, single)
-    try:
-        start = 0
-        for header, name, count in zip(headers, names, frames, strict=True):
-            frames_of = slice(start, start + count)
-            before = None if original is None else original[frames_of]
-            instance = derived_instance(header, array[frames_of], series, derivation, before)
-            pydicom.dcmwrite(staging if single else staging / name, instance, enforce_file_format=True)
-            start += count
-        _move_into_place(staging, target)
-    except OSError as error:
-        raise ImageWriteError(f"{target}: cannot be written ({error})") from None
-    finally:
-        _remove(staging)
-    return [target] if single else [target / name for name in names]
-
-
-def _staging(target: Path, single: bool) -> Path:
-    """A hidden file or folder beside ``target`` with a normal file's or folder's permissions."""
     if not target.parent.is_dir():
         raise ImageWriteError(f"{target}: the folder {target.parent} does not exist")
     try:
-        if single:
-            fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".partial.dcm", dir=target.parent)
-            os.close(fd)
-            os.chmod(name, 0o666 & ~_umask())
-        else:
-            name = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-            os.chmod(name, 0o777 & ~_umask())
+        with atomic_file(target) if single else atomic_folder(target) as staging:
+            start = 0
+            for header, name, count in zip(headers, names, frames, strict=True):
+                frames_of = slice(start, start + count)
+                before = None if original is None else original[frames_of]
+                instance = derived_instance(header, array[frames_of], series, derivation, before)
+                pydicom.dcmwrite(staging if single else staging / name, instance, enforce_file_format=True)
+                start += count
     except OSError as error:
-        raise ImageWriteError(f"{target}: the folder {target.parent} is not writable ({error.strerror})") from None
-    return Path(name)
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the complete result over ``target``; an existing folder (checked by :func:`check_target`) is first moved
-    aside, and back if the rename fails, so the target is always either the old or the new series."""
-    if staging.is_file() or not target.exists():
-        os.replace(staging, target)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, aside / target.name)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(aside / target.name, target)
-        raise
-    finally:
-        _remove(aside)
-
-
-def _remove(path: Path) -> None:
-    """Delete a file or folder tree if it exists."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+        raise ImageWriteError(
+            f"{target}: cannot be written ({error.strerror or error}); free space or choose another folder"
+        ) from None
+    return [target] if single else [target / name for name in names]

@@ -14,6 +14,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import IgniteMetricHandler, MeanSquaredError, PeakSignalToNoiseRatio, from_engine
 from tqdm import tqdm
 
+from .atomic import atomic_file, write_atomic
 from .data import noisy_pairs
 from .metrics import image_metrics, ssim_metric
 
@@ -68,9 +69,8 @@ def evaluate_settings(
             }
         )
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(rows, indent=1))
-    with open(out / "evaluation.csv", "w", newline="") as handle:
+    write_atomic(out / "evaluation.json", lambda path: path.write_text(json.dumps(rows, indent=1)))
+    with atomic_file(out / "evaluation.csv") as partial, open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

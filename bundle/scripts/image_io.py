@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (SimpleITK's documented alias)
 
+from .atomic import atomic_file
 from .errors import ImageReadError, ImageWriteError, InvalidImageError
 
 _NETPBM = (".pgm", ".ppm", ".pnm")
@@ -685,9 +686,8 @@ def check_writable(
     if not path.parent.is_dir():
         raise ImageWriteError(f"{path}: the folder {path.parent} does not exist")
     try:  # a real file: permission bits, read-only file systems, quotas and ACLs all answer here
-        fd, probe = tempfile.mkstemp(prefix=f".{stem(path)}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
     except OSError as error:
         raise ImageWriteError(
             f"{path}: the folder {path.parent} is not writable ({error.strerror}); choose another output folder"
@@ -721,27 +721,21 @@ def write_image(path: str | os.PathLike, array: np.ndarray, like: Volume, overwr
     ext = extension(path)
     if ext in _PICTURE_WRITES and array.ndim == 3:
         array = array[0]
-    fd, partial = tempfile.mkstemp(prefix=f".{stem(path)}.", suffix=f".partial{ext}", dir=path.parent)
-    os.close(fd)
     try:
-        os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes it private; the result gets a normal file's mode
-        if ext in (".nii", ".nii.gz"):
-            _write_nifti(partial, array, like)
-        elif ext in (".tif", ".tiff") and array.dtype in (np.float16, np.float64):
-            import tifffile
+        with atomic_file(path) as partial:
+            if ext in (".nii", ".nii.gz"):
+                _write_nifti(str(partial), array, like)
+            elif ext in (".tif", ".tiff") and array.dtype in (np.float16, np.float64):
+                import tifffile
 
-            tifffile.imwrite(partial, array)
-        else:
-            with _sitk_quiet():
-                sitk.WriteImage(like.to_sitk(array), partial, useCompression=ext in (".nrrd", ".mha"))
-        os.replace(partial, path)
+                tifffile.imwrite(partial, array)
+            else:
+                with _sitk_quiet():
+                    sitk.WriteImage(like.to_sitk(array), str(partial), useCompression=ext in (".nrrd", ".mha"))
     except (RuntimeError, OSError) as error:  # OSError: e.g. the disk is full
         raise ImageWriteError(
             f"{path}: cannot be written ({_last_line(error)}); free space or choose another folder"
         ) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
     return path
 
 
@@ -763,12 +757,6 @@ def _write_nifti(path: str, array: np.ndarray, like: Volume) -> None:
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _last_line(error: Exception) -> str:

@@ -9,7 +9,6 @@ target), so an interrupted run never leaves a half-written table or picture.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from .atomic import write_atomic
 from .noise import noise_sigma
 
 METRICS = ("psnr", "ssim", "mse")
@@ -28,22 +28,6 @@ _FORMATS: dict[str, tuple[str, bool, Callable[[float], str]]] = {
     "ssim": ("SSIM", True, lambda v: f"{v:.3f}"),
     "mse": ("MSE (x 10^-3)", False, lambda v: f"{1e3 * v:.3f}"),
 }
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` in ``path``'s folder, then rename the finished file over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(partial))
-        os.chmod(partial, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return path
 
 
 def summarize(records: Sequence[dict]) -> list[dict]:

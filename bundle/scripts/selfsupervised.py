@@ -49,7 +49,7 @@ from .noise_level import (
     residual_correlation,
     slice_noise_sigma,
 )
-from .slices import check_volume, slice_stack
+from .slices import check_volume, evenly_spaced, slice_stack
 
 #: Rounds of redrawing a hidden pixel's source before giving up on hiding that pixel (it then stays visible).
 _SOURCE_DRAWS = 32
@@ -540,7 +540,7 @@ def estimated_risks(
     """
     depth = stack.shape[0]
     context = models[0].context
-    indices = np.unique(np.linspace(0, depth - 1, min(samples, depth)).round().astype(int))
+    indices = evenly_spaced(depth, samples)
     masking = BlindSpotMask(ratio=0.2 / (2 * span + 1) ** 2, radius=span + 2, span=span) if span else None
     risks = np.zeros(len(models))
     for number, index in enumerate(indices):
@@ -572,7 +572,7 @@ def _noise_correlation(
     native units), each denoised with its real neighbours."""
     depth = stack.shape[0]
     correlations, ratios = [], []
-    for index in np.unique(np.linspace(0, depth - 1, min(samples, depth)).round().astype(int)):
+    for index in evenly_spaced(depth, samples):
         first = max(0, index - model.context)
         around = stack[first : index + model.context + 1]
         denoised = denoise_volume(around, model, window, float_output=True)

@@ -7,6 +7,7 @@ its slices here, so none of them imports another to do so.
 >>> stack = slice_stack(volume, axis=0)     # K x J x I view (1 x J x I for an image), never a copy
 >>> with checked_once(volume, axis=0):      # one check for a whole run: noise readout, adaptation, engine
 ...     denoised = denoise_volume(volume, model)
+>>> evenly_spaced(len(stack), 16)           # indices of up to 16 slices from the first to the last
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ def checked_once(volume: Any, axis: int = 0) -> Iterator[np.ndarray]:
 def slice_stack(volume: np.ndarray, axis: int = 0) -> np.ndarray:
     """The slices of a checked K x J x I ``volume`` along ``axis`` as a K x H x W view (a J x I image: 1 x J x I)."""
     return np.moveaxis(volume, axis, 0) if volume.ndim == 3 else volume[None]
+
+
+def evenly_spaced(count: int, at_most: int | None) -> np.ndarray:
+    """Sorted indices of up to ``at_most`` of ``count`` slices, evenly spaced from the first to the last (all of them
+    when ``at_most`` is ``None`` or not below ``count``): the sample every reader of a few slices takes."""
+    if not at_most or at_most >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, at_most).round().astype(int))
 
 
 def unstack(stack: np.ndarray, like: np.ndarray, axis: int = 0) -> np.ndarray:

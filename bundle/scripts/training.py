@@ -15,6 +15,7 @@ from monai.inferers import Inferer
 from monai.losses import SSIMLoss
 from torch import nn
 
+from .atomic import write_atomic
 from .engine import resolve_precision
 from .errors import BundleError
 
@@ -132,8 +133,7 @@ class ValidationCurve:
             axis.set_title(name)
             axis.grid(alpha=0.3)
         figure.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(self.save_path)), exist_ok=True)
-        figure.savefig(self.save_path, dpi=100)
+        write_atomic(self.save_path, lambda path: figure.savefig(path, dpi=100))
         plt.close(figure)
 
 
@@ -168,8 +168,6 @@ class WeightAverage:
         self.average.attach(engine, name="weight_average_momentum", warn_if_exists=False)
 
     def save(self, engine: Engine) -> None:
-        from .report import write_atomic
-
         state = self.average.ema_model.state_dict()
         write_atomic(self.save_path, lambda path: torch.save(state, path))
 
