@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from .noise_level import CLIP_MARGIN, MAD_TO_SIGMA, MIN_USABLE_FRACTION, REFINEMENTS
+from .noise_level import SliceNoiseSigma
 
 #: Width of the noise-level embedding that :class:`NoiseLevelFiLM` blocks read.
 _NOISE_EMBEDDING = 32
@@ -77,48 +77,6 @@ class RefineBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
-
-
-#: db2 analysis filters (``pywt.Wavelet("db2").dec_lo`` / ``dec_hi``), reversed: torch correlates, pywt convolves.
-_DB2_LOW = (0.48296291314453416, 0.8365163037378079, 0.2241438680420134, -0.12940952255126037)
-_DB2_HIGH = (-0.12940952255126037, -0.2241438680420134, 0.8365163037378079, -0.48296291314453416)
-
-
-class SliceNoiseSigma(nn.Module):
-    """Noise standard deviation of each image in a batch: :func:`scripts.noise_level.slice_noise_sigma` in torch.
-
-    Donoho's median absolute deviation of the finest db2 diagonal detail coefficients, re-estimated three times
-    without the coefficients whose local mean lies within two sigmas of the image's minimum or maximum (clipped noise
-    has a smaller spread). Written again in torch, not called through NumPy, so a network can hold it and stay
-    TorchScript-exportable and on the GPU; the test holds it to the NumPy estimate on real images.
-
-    Shapes: ``(B, 1, H, W)`` -> ``(B,)``; images smaller than 4x4 get 0.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        low, high = torch.tensor(_DB2_LOW), torch.tensor(_DB2_HIGH)
-        self.register_buffer("filters", torch.stack([torch.outer(low, low), torch.outer(high, high)])[:, None], False)
-        # Attributes, not the module's globals: TorchScript reads no global floats.
-        self.mad_to_sigma, self.clip_margin, self.min_usable_fraction = MAD_TO_SIGMA, CLIP_MARGIN, MIN_USABLE_FRACTION
-        self.refinements = REFINEMENTS
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2], x.shape[-1]) < 4:
-            return x.new_zeros(x.shape[0])
-        x = x.detach().float()
-        bands = F.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"), self.filters.to(x.dtype), stride=2)
-        local_mean, diagonal = bands[:, 0].flatten(1) / 2.0, bands[:, 1].flatten(1).abs()
-        low, high = x.flatten(1).amin(1, keepdim=True), x.flatten(1).amax(1, keepdim=True)
-        sigma = diagonal.median(1).values / self.mad_to_sigma
-        refining = torch.ones_like(sigma, dtype=torch.bool)
-        for _ in range(self.refinements):
-            margin = self.clip_margin * sigma[:, None]
-            unclipped = (local_mean - low > margin) & (high - local_mean > margin)
-            refining = refining & (unclipped.float().mean(1) >= self.min_usable_fraction)
-            refined = torch.where(unclipped, diagonal, torch.full_like(diagonal, float("nan"))).nanmedian(1).values
-            sigma = torch.where(refining, refined / self.mad_to_sigma, sigma)
-        return sigma
 
 
 class NoiseLevelFiLM(nn.Module):
