@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +178,27 @@ def test_scale_ratio_tells_correlated_noise_from_white_without_a_model(test_imag
         white_ratio = noise_scale_ratio(_noised(image, white))
         correlated_ratio = noise_scale_ratio(_noised(image, "correlated:std=0.1,width=1"))
         assert white_ratio < CORRELATED_SCALE_RATIO < correlated_ratio, (white_ratio, correlated_ratio)
+
+
+#: What estimating a noise level by hand looks like: Donoho's constant, a median of wavelet details, a library estimate.
+_NOISE_ESTIMATE = re.compile(r"0\.6745|MAD_TO_SIGMA|\.dwt2\(|nanmedian\(|median\(np\.abs|estimate_sigma\(")
+#: Files allowed to hold one: the estimator itself; the classical baselines' ``*_est`` variants, which call
+#: scikit-image's ``estimate_sigma`` on purpose (BM3D as a user without MedDenoise would run it); the benchmark that
+#: compares the two estimators.
+_ESTIMATOR_HOMES = {"bundle/scripts/noise_level.py", "bundle/scripts/baselines.py", "scripts/bench_selfsupervised.py"}
+
+
+def test_no_other_noise_estimator_in_the_product():
+    """``grep -rnE '0\\.6745|MAD_TO_SIGMA|\\.dwt2\\(|nanmedian\\(|estimate_sigma\\('`` over the product finds only
+    ``scripts/noise_level.py`` (and the baselines' library call): the network, the engine's blend, the command line,
+    Slicer, adaptation and the training-data filter all measure noise with :class:`SliceNoiseSigma`."""
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for folder in (root / "bundle" / "scripts", root / "scripts", root / "MedDenoise"):
+        for path in sorted(folder.rglob("*.py")):
+            if path.relative_to(root).as_posix() in _ESTIMATOR_HOMES:
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if _NOISE_ESTIMATE.search(line.split("#", 1)[0]):
+                    found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not found, "measure noise with scripts.noise_level instead:\n" + "\n".join(found)
