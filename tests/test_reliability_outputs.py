@@ -127,7 +127,7 @@ def no_denoising(cli, monkeypatch):
     def denoise_volume(*args, **kwargs):
         raise AssertionError("denoise.py started denoising before finding the output problem")
 
-    monkeypatch.setattr(cli, "denoise_volume", denoise_volume)
+    monkeypatch.setattr(cli.pipeline, "denoise_volume", denoise_volume)  # the file pipeline the tool runs
 
 
 def refused_before_work(cli, capsys, arguments: list, message: str) -> str:
