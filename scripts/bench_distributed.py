@@ -66,7 +66,7 @@ def _worker(rank: int, world_size: int, threads: int, port: int, args: argparse.
             val_interval=args.epochs + 1,  # no validation: training throughput only
             output_dir=os.path.join(scratch, "runs"),
             ckpt_dir=os.path.join(scratch, "models"),
-            **{"train#progress_bar#_disabled_": True},  # no progress bar in the printed table
+            show_progress=False,  # no progress bar in the printed table
         )
         workflow.initialize()
         workflow.run()

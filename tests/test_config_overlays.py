@@ -53,7 +53,7 @@ def test_the_check_catches_positional_ids_and_references():
     ]
     assert positional_addresses({"validate#handlers#-1#_disabled_": True}) == ["validate#handlers#-1#_disabled_"]
     assert positional_addresses({"a": {"b": "$@train#handlers#0.attach(x)"}}) == ["$@train#handlers#0.attach(x)"]
-    assert positional_addresses({"validate#checkpoint_saver#key_metric_filename": "model_2.pt", "seed": "#3"}) == []
+    assert positional_addresses({"validate#evaluator#metric_cmp_fn": "$min", "checkpoint_name": "model_2.pt"}) == []
 
 
 def test_objective_overlays_replace_the_named_transform():
@@ -69,5 +69,5 @@ def test_objective_overlays_replace_the_named_transform():
     assert before == after and "@train#objective_transform" in before
     assert base.get("train#objective_transform#_target_") == "scripts.selfsupervised.BlindSpotMaskd"
     assert overlaid.get("train#objective_transform#_target_") == "research.recorrupted.Recorruptd"
-    assert overlaid.get("validate#checkpoint_saver#key_metric_filename") == "model_recorrupted.pt"
-    assert overlaid.get("validate#checkpoint_saver#save_key_metric") is True
+    assert overlaid.get("checkpoint_name") == "model_recorrupted.pt"
+    assert overlaid.get("validate#handlers")[0]["key_metric_filename"] == "@checkpoint_name"

@@ -286,7 +286,8 @@ class SureLoss(nn.Module):
             A sample with no pixel left adds 0: with heavy noise (e.g. sigma 0.25 at 2 sigmas) nothing is learnt.
 
     ``forward(pred (B, 2, H, W) from SureInferer, target (B, 2, H, W): the noisy image and a channel filled with its
-    sigma)``; returns a scalar (lower is better: 1 for returning the noisy input, ``10^(-gain / 10)`` for a denoiser that gains ``gain`` dB).
+    sigma)``; returns a scalar (lower is better: 1 for returning the noisy input, ``10^(-gain / 10)`` for a denoiser
+    that gains ``gain`` dB).
     """
 
     #: Floor of the per-sample sigma: a flat slice measures almost no noise and would take over.
