@@ -60,13 +60,22 @@ _PROBE_SIDE = 64
 #: (scripts/bench_engine.py: 1.30 s/slice at batch 1, 1.32 at 4, 1.40 at 8) while every 512 x 512 slice in a batch
 #: holds about 200 MB of activations: at batch 8 the peak grew by 1.8 GB, far over the budget of a 300-slice CT.
 BATCH_PIXELS = 2 * 512 * 512
-#: Side of the square tiles a slice larger than TILE x TILE pixels (a 20000 x 20000 radiograph) is denoised in: the
-#: network's activations stay those of one 2048 x 2048 tile whatever the image's size (a 2048^2 slice denoised whole
-#: peaked 0.62 GB above the loaded model on CPU). Smaller slices go whole: 0.25-overlapping 512 x 512 tiles took 2.9x
-#: as long on a 2048^2 slice (69 s against 24 s, a busy 2-core CPU) for 0.2 GB less.
+#: Side of the largest square pass: a slice of more than TILE x TILE pixels (a 20000 x 20000 radiograph) is denoised
+#: tile by tile from end to end (windowing, network, blend, cast), so the engine's memory beside the input and the
+#: output is one tile's arrays and activations plus one band of TILE rows, whatever the image's height (a 2048^2 slice
+#: denoised whole peaked 0.62 GB above the loaded model on CPU). Smaller slices go whole: 0.25-overlapping 512 x 512
+#: tiles took 2.9x as long on a 2048^2 slice (69 s against 24 s, a busy 2-core CPU) for 0.2 GB less.
+#: ``denoise_volume(tile=...)`` changes it.
 TILE = 2048
-#: Pixels shared by neighbouring tiles, blended with Gaussian weights so no seam shows.
+#: Pixels shared by neighbouring tiles, blended with weights that fall linearly towards each tile's inner edges: the
+#: network's output near a tile's edge lacks context (and the shipped network's whole-image statistics differ from
+#: tile to tile), so no seam shows.
 TILE_OVERLAP = 128
+#: Bound on the bytes the engine's arrays take per pixel of a pass and per input channel, besides the network's
+#: activations and the bands of blended corrections (8 bytes per pixel of ``tile`` rows, two bands while rows carry
+#: over): the input window, its [0, 1] copy, the network's output, blend and cast (tracemalloc measured 30 per pixel
+#: on a 1500 x 1300 uint16 slice in one pass).
+PASS_BYTES_PER_PIXEL = 32
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -395,20 +404,6 @@ def predict_self_ensemble(network: torch.nn.Module, batch: torch.Tensor, views: 
     return torch.stack(outputs).mean(dim=0)
 
 
-def predict_tiled(model: LoadedModel, batch: torch.Tensor, views: int = 1) -> torch.Tensor:
-    """``model.predict(batch, views)`` for ``batch`` (B, C, H, W); slices of more than :data:`TILE` squared pixels go
-    through the network in :data:`TILE` x :data:`TILE` tiles (MONAI's ``SlidingWindowInferer``, :data:`TILE_OVERLAP`
-    pixels shared and blended with Gaussian weights). Returns (B, out_channels, H, W) on ``batch``'s device."""
-    if batch.shape[-2] * batch.shape[-1] <= TILE**2:
-        return model.predict(batch, views)
-    from monai.inferers import SlidingWindowInferer
-
-    inferer = SlidingWindowInferer(
-        roi_size=TILE, overlap=TILE_OVERLAP / TILE, mode="gaussian", padding_mode="replicate", sw_device=model.device
-    )
-    return inferer(batch, lambda tile: model.predict(tile.contiguous(memory_format=torch.channels_last), views))
-
-
 def _check_views(views: int) -> None:
     if views not in ENSEMBLE_SIZES:
         raise InvalidImageError(f"self-ensemble views must be one of {ENSEMBLE_SIZES}, not {views}")
@@ -424,6 +419,7 @@ def denoise_volume(
     float_output: bool = False,
     progress: ProgressCallback | None = None,
     views: int = 1,
+    tile: int = TILE,
 ) -> np.ndarray:
     """Denoise a K x J x I volume (or a J x I image) slice by slice along ``axis``.
 
@@ -442,6 +438,11 @@ def denoise_volume(
             :class:`CancelledError`, nothing is returned).
         views: average the network's output over this many flips/rotations of each slice (1, 2, 4 or 8,
             :func:`predict_self_ensemble`): ``views`` times the time for a cleaner result.
+        tile: side of the largest pass (more than ``2 * TILE_OVERLAP``): a slice of more pixels is denoised one
+            tile at a time from end to end, neighbouring tiles blended over :data:`TILE_OVERLAP` pixels, so the memory
+            beside the input and the output is at most :data:`PASS_BYTES_PER_PIXEL` x channels x ``tile^2`` bytes of
+            one tile's arrays, 8 x ``tile`` x the slice's width bytes of blended rows, and the network's activations
+            for a ``tile`` x ``tile`` image. A blind-spot network's blend measures the noise per tile.
 
     Returns:
         An array of the input's shape, in the input's units.
@@ -452,41 +453,113 @@ def denoise_volume(
         raise InvalidImageError(f"strength {strength} must be between 0 (original) and 1 (fully denoised)")
     if batch_size is not None and batch_size < 1:
         raise InvalidImageError(f"batch size {batch_size} must be at least 1")
+    if tile <= 2 * TILE_OVERLAP:
+        raise InvalidImageError(
+            f"tile side {tile} must be more than {2 * TILE_OVERLAP} pixels, twice what neighbouring tiles share"
+        )
     window = window or IntensityWindow.from_data(volume)
     out_dtype = np.dtype(np.float32) if float_output else volume.dtype
     stack = slice_stack(volume, axis)
-    batch_size = batch_size or max(1, BATCH_PIXELS // (stack.shape[1] * stack.shape[2]))
+    total, height, width = stack.shape
+    whole = height * width <= tile**2
+    batch_size = (batch_size or max(1, BATCH_PIXELS // (height * width))) if whole else 1
+    side = max(height, width) if whole else tile
+    rows, columns = _spans(height, side), _spans(width, side)
+    row_weights, column_weights = _weight_sums(rows, height), _weight_sums(columns, width)
     output = np.empty(stack.shape, dtype=out_dtype)
-    total = stack.shape[0]
     offsets = np.arange(-model.context, model.context + 1)
+    finish_rows = max(1, tile**2 // (4 * width))  # rows cast at a time: a quarter of a tile's pixels
+
+    def finish(batch: slice, blended: np.ndarray, first: int, stop: int) -> None:
+        """Write rows ``first:stop`` of ``batch``, whose corrections ``blended`` (from row ``first``) are complete."""
+        for top in range(first, stop, finish_rows):
+            bottom = min(stop, top + finish_rows)
+            weights = row_weights[top:bottom, None] * column_weights[None, :]
+            correction = blended[:, top - first : bottom - first] / weights
+            result = stack[batch, top:bottom].astype(np.float32) + np.float32(strength) * correction
+            output[batch, top:bottom] = _cast(result, out_dtype)
+
     with torch.inference_mode():
         for start in range(0, total, batch_size):
-            indices = np.arange(start, min(total, start + batch_size))
-            neighbours = np.clip(indices[:, None] + offsets[None, :], 0, total - 1)  # edge slices repeat
-            scaled = window.forward(stack[neighbours])  # (B, C, H, W) in [0, 1]
-            batch = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
-            outputs = predict_tiled(model, batch, views).cpu().numpy()
-            pred = outputs[:, 0]
-            posterior = model.blind_spot and outputs.shape[1] == 2  # (mean, log prior variance): blend per pixel
-            if posterior:
-                pred = np.stack(
-                    [
-                        posterior_mean(noisy, mean, log_prior, slice_noise_sigma(noisy))
-                        for noisy, mean, log_prior in zip(scaled[:, model.context], pred, outputs[:, 1], strict=True)
-                    ]
-                )
-            # A linear output head can leave [0, 1] on inputs unlike any training image; clamped, no voxel moves
-            # further than strength x window width (the benchmark scores the same clamped output).
-            np.clip(pred, 0.0, 1.0, out=pred)
-            correction = window.inverse(pred) - window.inverse(scaled[:, model.context])
-            shares = np.ones(len(indices), dtype=np.float32)
-            if model.blind_spot and not posterior:
-                shares[:] = [noise_share(noisy, p) for noisy, p in zip(scaled[:, model.context], pred, strict=True)]
-            result = stack[indices].astype(np.float32) + np.float32(strength) * shares[:, None, None] * correction
-            output[indices] = _cast(result, out_dtype)
-            if progress is not None and progress(int(indices[-1]) + 1, total) is False:
-                raise CancelledError(f"cancelled after {int(indices[-1]) + 1} of {total} slices; nothing was written")
+            batch = slice(start, min(total, start + batch_size))
+            neighbours = np.clip(np.arange(batch.start, batch.stop)[:, None] + offsets, 0, total - 1)  # edges repeat
+            blended, first = np.zeros((len(neighbours), 0, width), np.float32), 0  # rows from ``first`` on
+            for top, bottom, row_ramp in rows:
+                finish(batch, blended, first, top)  # no later tile reaches above ``top``
+                carried = blended[:, top - first :]
+                blended = np.zeros((len(neighbours), bottom - top, width), np.float32)
+                blended[:, : carried.shape[1]] = carried
+                first = top
+                for left, right, column_ramp in columns:
+                    correction = _correction(
+                        model, stack, neighbours, slice(top, bottom), slice(left, right), window, views
+                    )
+                    blended[:, :, left:right] += correction * (row_ramp[:, None] * column_ramp[None, :])
+            finish(batch, blended, first, height)
+            if progress is not None and progress(batch.stop, total) is False:
+                raise CancelledError(f"cancelled after {batch.stop} of {total} slices; nothing was written")
     return unstack(output, volume, axis)
+
+
+def _spans(length: int, tile: int) -> list[tuple[int, int, np.ndarray]]:
+    """``(start, stop, weights)`` of evenly spaced tiles of at most ``tile`` pixels along an axis of ``length``,
+    neighbours sharing at least :data:`TILE_OVERLAP`; the weights (float32, one per pixel of the tile) fall linearly
+    over :data:`TILE_OVERLAP` pixels towards an edge inside the image and stay 1 at the image's own edges."""
+    if length <= tile:
+        return [(0, length, np.ones(length, np.float32))]
+    count = -(-(length - TILE_OVERLAP) // (tile - TILE_OVERLAP))
+    spans = []
+    for start in np.linspace(0, length - tile, count).round().astype(int):
+        position = np.arange(tile, dtype=np.float32) + 0.5
+        weights = np.ones(tile, np.float32)
+        if start > 0:
+            weights = np.minimum(weights, position / TILE_OVERLAP)
+        if start + tile < length:
+            weights = np.minimum(weights, (tile - position) / TILE_OVERLAP)
+        spans.append((int(start), int(start) + tile, weights))
+    return spans
+
+
+def _weight_sums(spans: list[tuple[int, int, np.ndarray]], length: int) -> np.ndarray:
+    """Each pixel's total weight over the tiles of :func:`_spans` along one axis (float32, ``length``; all > 0)."""
+    total = np.zeros(length, np.float32)
+    for start, stop, weights in spans:
+        total[start:stop] += weights
+    return total
+
+
+def _correction(
+    model: LoadedModel,
+    stack: np.ndarray,
+    neighbours: np.ndarray,
+    rows: slice,
+    columns: slice,
+    window: IntensityWindow,
+    views: int,
+) -> np.ndarray:
+    """One pass of :func:`denoise_volume`: the slices ``neighbours[:, context]`` of ``stack`` (K x H x W, native
+    units), each with its ``neighbours`` (B x C slice indices) as channels, within ``rows`` and ``columns``; returns
+    what denoising adds to each voxel there at full strength (B x rows x columns, float32, native units)."""
+    scaled = window.forward(stack[neighbours, rows, columns])  # (B, C, rows, columns) in [0, 1]
+    inputs = torch.from_numpy(scaled).to(model.device).contiguous(memory_format=torch.channels_last)
+    outputs = model.predict(inputs, views).cpu().numpy()
+    del inputs
+    noisy, pred = scaled[:, model.context], outputs[:, 0]
+    posterior = model.blind_spot and outputs.shape[1] == 2  # (mean, log prior variance): blend per pixel
+    if posterior:
+        pred = np.stack(
+            [
+                posterior_mean(image, mean, log_prior, slice_noise_sigma(image))
+                for image, mean, log_prior in zip(noisy, pred, outputs[:, 1], strict=True)
+            ]
+        )
+    # A linear output head can leave [0, 1] on inputs unlike any training image; clamped, no voxel moves further than
+    # strength x window width (the benchmark scores the same clamped output).
+    np.clip(pred, 0.0, 1.0, out=pred)
+    shares = np.ones(len(pred), dtype=np.float32)
+    if model.blind_spot and not posterior:
+        shares[:] = [noise_share(image, p) for image, p in zip(noisy, pred, strict=True)]
+    return shares[:, None, None] * (window.inverse(pred) - window.inverse(noisy))
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
