@@ -19,6 +19,7 @@ class Tally:
     bad_inputs: int = 0  # generated arrays and arguments given to the engine
     corrupted_files: int = 0  # damaged, mislabelled or unreachable files given to the readers and writers
     faults: int = 0  # signals, kills, hostile bundles
+    no_harm: int = 0  # noisy scans a switched-on feature (--adapt) must not make worse
     inputs_checked: int = 0
     inputs_changed: int = 0
 
@@ -57,11 +58,11 @@ def report_at_end(config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if not TALLY.inputs_checked and not TALLY.faults:
+    if not TALLY.inputs_checked and not TALLY.faults and not TALLY.no_harm:
         return
     failures = sum("test_reliability" in report.nodeid for report in terminalreporter.stats.get("failed", []))
     terminalreporter.write_line(
         f"reliability: {TALLY.bad_inputs} generated bad-input cases, {TALLY.corrupted_files} corrupted files, "
-        f"{TALLY.faults} faults injected; {failures} failures, {TALLY.inputs_changed} of {TALLY.inputs_checked} "
+        f"{TALLY.faults} faults injected, {TALLY.no_harm} do-no-harm scans; {failures} failures, {TALLY.inputs_changed} of {TALLY.inputs_checked} "
         "inputs changed"
     )

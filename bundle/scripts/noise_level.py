@@ -122,6 +122,33 @@ def slice_noise_sigma(image: np.ndarray) -> float:
     return float(slice_noise_sigmas(np.asarray(image)[None])[0])
 
 
+def noise_variance_map(noisy: np.ndarray, level: np.ndarray, bins: int = 16) -> np.ndarray:
+    """Per-pixel noise variance of one 2D image, as a function of the clean level, for noise whose strength follows
+    the signal (speckle, photon counts) as for noise that does not.
+
+    The finest Haar diagonal coefficients of ``noisy`` (each the noise of one 2 x 2 block, the block's smooth part
+    cancelled) are grouped by ``bins`` quantiles of ``level``'s block means; each group's variance is Donoho's median
+    absolute deviation squared, and every pixel gets the variance interpolated at its own ``level``.
+
+    Args:
+        noisy: H x W, any units.
+        level: H x W estimate of the clean image in the same units (e.g. a denoiser's output).
+
+    Returns:
+        float32 H x W, in squared units of ``noisy``.
+    """
+    _, (_, _, diagonal) = pywt.dwt2(np.asarray(noisy, np.float64), "haar")
+    approximation, _ = pywt.dwt2(np.asarray(level, np.float64), "haar")
+    block_level, spread = approximation.ravel() / 2.0, np.abs(diagonal).ravel()  # Haar's low-pass sums to sqrt(2)
+    edges = np.quantile(block_level, np.linspace(0.0, 1.0, bins + 1))
+    group = np.clip(np.searchsorted(edges, block_level, side="right") - 1, 0, bins - 1)
+    levels, variances = [], []
+    for members in (group == number for number in np.unique(group)):
+        levels.append(np.median(block_level[members]))
+        variances.append((np.median(spread[members]) / MAD_TO_SIGMA) ** 2)
+    return np.interp(np.asarray(level, np.float64), levels, variances).astype(np.float32)
+
+
 def noise_share(noisy: np.ndarray, prediction: np.ndarray) -> float:
     """The share of ``noisy - prediction`` that is noise: ``sigma^2 / mean((noisy - prediction)^2)``, at most 1.
 
