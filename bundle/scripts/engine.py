@@ -502,14 +502,15 @@ def denoise_volume(
 
 
 def _spans(length: int, tile: int) -> list[tuple[int, int, np.ndarray]]:
-    """``(start, stop, weights)`` of evenly spaced tiles of at most ``tile`` pixels along an axis of ``length``,
-    neighbours sharing at least :data:`TILE_OVERLAP`; the weights (float32, one per pixel of the tile) fall linearly
-    over :data:`TILE_OVERLAP` pixels towards an edge inside the image and stay 1 at the image's own edges."""
+    """``(start, stop, weights)`` of tiles of at most ``tile`` pixels along an axis of ``length``, neighbours sharing
+    :data:`TILE_OVERLAP` pixels (the last, flush with the end, at least that); the weights (float32, one per pixel of
+    the tile) fall linearly over :data:`TILE_OVERLAP` pixels towards an edge inside the image and stay 1 at the
+    image's own edges."""
     if length <= tile:
         return [(0, length, np.ones(length, np.float32))]
-    count = -(-(length - TILE_OVERLAP) // (tile - TILE_OVERLAP))
+    step = tile - TILE_OVERLAP
     spans = []
-    for start in np.linspace(0, length - tile, count).round().astype(int):
+    for start in (min(number * step, length - tile) for number in range(-(-(length - TILE_OVERLAP) // step))):
         position = np.arange(tile, dtype=np.float32) + 0.5
         weights = np.ones(tile, np.float32)
         if start > 0:

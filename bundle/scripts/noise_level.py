@@ -140,7 +140,7 @@ def noise_variance_map(noisy: np.ndarray, level: np.ndarray, bins: int = 16) -> 
     _, (_, _, diagonal) = pywt.dwt2(np.asarray(noisy, np.float64), "haar")
     approximation, _ = pywt.dwt2(np.asarray(level, np.float64), "haar")
     block_level, spread = approximation.ravel() / 2.0, np.abs(diagonal).ravel()  # Haar's low-pass sums to sqrt(2)
-    edges = np.quantile(block_level, np.linspace(0.0, 1.0, bins + 1))
+    edges = np.quantile(block_level, np.arange(bins + 1) / bins)
     group = np.clip(np.searchsorted(edges, block_level, side="right") - 1, 0, bins - 1)
     levels, variances = [], []
     for members in (group == number for number in np.unique(group)):

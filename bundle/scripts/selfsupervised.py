@@ -69,8 +69,9 @@ MAX_ADAPT_SECONDS = 3600.0
 #: Fraction of pixel positions :func:`adapt_model` never learns from; both models are judged there alone.
 HELD_OUT_FRACTION = 0.25
 #: The adapted model is kept only when its estimated error is lower than the given model's by more than this
-#: fraction (0.22 dB): noise the shipped model was trained for leaves adaptation nothing to gain (measured on speckle:
-#: 0.1 dB lost, estimated errors within 0.1 % of each other), while correlated noise gains 2-9 dB.
+#: fraction (0.22 dB): noise the shipped model was trained for leaves adaptation little to gain and the estimate
+#: cannot tell such small differences (MR with speckle: adapted 0.15 dB worse, estimated 4 % better), while correlated
+#: noise gains 2-9 dB (estimated 23 % better).
 ADAPTED_RISK_MARGIN = 0.05
 
 
@@ -553,12 +554,14 @@ def estimated_risks(
 
     Noise independent from pixel to pixel (``span`` 0): Stein's unbiased risk estimate of the output the model gives,
     each pixel's own noise included, ``(f(y) - y)^2 - v + 2 v df/dy`` per pixel (:class:`SureInferer`'s divergence,
-    probed at the ``held_out`` pixels only, averaged over ``probes`` probes, the same for every model), with the noise variance ``v`` per pixel as a function
-    of the given (first) model's output (:func:`scripts.noise_level.noise_variance_map`), so noise whose strength
-    follows the signal, such as speckle, is weighed where it is. Measured (CT, white noise of 60 HU): 1.23e-4 and
-    2.45e-4 for models whose true errors were 1.23e-4 and 2.40e-4 (39.1 and 36.2 dB). Not a blind-spot loss: that
-    scores a prediction of each hidden pixel from its neighbours, which the adaptation trains and the engine's output
-    is not (measured on the same CT: it prefers the model 2.9 dB worse).
+    probed at the ``held_out`` pixels only, averaged over ``probes`` probes, the same for every model), with the
+    noise variance ``v`` per pixel as a function of the given (first) model's output
+    (:func:`scripts.noise_level.noise_variance_map`), so noise whose strength follows the signal, such as speckle, is
+    weighed where it is. Measured (CT, white noise of 60 HU): 1.28e-4 and 2.40e-4 for models whose true errors were
+    1.23e-4 and 2.29e-4 (39.1 and 36.4 dB); MR with speckle of 0.2: 8.0e-4 and 7.7e-4 for 1.28e-3 and 1.32e-3 (too
+    close to rank: :data:`ADAPTED_RISK_MARGIN`). Not a blind-spot loss: that scores a prediction of each hidden pixel
+    from its neighbours, which the adaptation trains and the engine's output is not (measured on the same CT: it
+    prefers the model 2.9 dB worse).
     Noise correlated over pixels (``span`` > 0), where SURE's per-pixel form does not hold: the blind-spot loss
     (:class:`BlindSpotLoss` with ``margin``) on blocks hidden as the adaptation hides them, drawn from their own seed:
     a hidden pixel's noise is independent of all the model sees, so the loss is the model's error there plus the
