@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from product_grep import product_lines
 
 from scripts.atomic import atomic_file, atomic_folder, write_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / "bundle"
+BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 
 
 def _umask() -> int:
@@ -143,13 +143,6 @@ _TEMP_AND_RENAME = re.compile(
 def test_no_other_temp_and_rename_in_the_product():
     """``grep -rnE 'os\\.(replace|rename)|\\.rename\\(|shutil\\.move|mkstemp|NamedTemporaryFile'`` over the product
     finds only ``scripts/atomic.py``: every writer goes through it."""
-    found = []
-    for folder in (BUNDLE / "scripts", ROOT / "scripts", ROOT / "MedDenoise"):
-        for path in sorted(folder.rglob("*.py")):
-            if path == BUNDLE / "scripts" / "atomic.py":
-                continue
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if _TEMP_AND_RENAME.search(line.split("#", 1)[0]):
-                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    found = product_lines(_TEMP_AND_RENAME, {"bundle/scripts/atomic.py"})
     assert not found, "write through scripts.atomic instead:\n" + "\n".join(found)
     assert _TEMP_AND_RENAME.search("os.replace(partial, path)") and _TEMP_AND_RENAME.search("staging.rename(target)")

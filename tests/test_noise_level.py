@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from product_grep import product_lines
 from skimage.restoration import estimate_sigma
 
 from scripts.data import center_crop, load_slices
@@ -192,13 +192,5 @@ def test_no_other_noise_estimator_in_the_product():
     """``grep -rnE '0\\.6745|MAD_TO_SIGMA|\\.dwt2\\(|nanmedian\\(|estimate_sigma\\('`` over the product finds only
     ``scripts/noise_level.py`` (and the baselines' library call): the network, the engine's blend, the command line,
     Slicer, adaptation and the training-data filter all measure noise with :class:`SliceNoiseSigma`."""
-    root = Path(__file__).resolve().parent.parent
-    found = []
-    for folder in (root / "bundle" / "scripts", root / "scripts", root / "MedDenoise"):
-        for path in sorted(folder.rglob("*.py")):
-            if path.relative_to(root).as_posix() in _ESTIMATOR_HOMES:
-                continue
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if _NOISE_ESTIMATE.search(line.split("#", 1)[0]):
-                    found.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    found = product_lines(_NOISE_ESTIMATE, _ESTIMATOR_HOMES)
     assert not found, "measure noise with scripts.noise_level instead:\n" + "\n".join(found)

@@ -1,14 +1,12 @@
 """Slice views and samples (``scripts.slices``): the one place the product turns a volume into slices."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from product_grep import product_lines
 
 from scripts.slices import evenly_spaced, slice_stack, unstack
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -36,13 +34,6 @@ def test_no_other_slice_walk_in_the_product():
     """``grep -rnE 'np\\.(moveaxis|swapaxes|linspace)\\(|ndim == 3 else .*\\[None\\]'`` over the product finds only
     ``scripts/slices.py``: the engine, the noise readout, adaptation, training data and benchmarks take their slices
     and samples there."""
-    found = []
-    for folder in (ROOT / "bundle" / "scripts", ROOT / "scripts", ROOT / "MedDenoise"):
-        for path in sorted(folder.rglob("*.py")):
-            if path.name == "slices.py" and path.parent.name == "scripts" and path.parent.parent.name == "bundle":
-                continue
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if _SLICE_WALK.search(line.split("#", 1)[0]):
-                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    found = product_lines(_SLICE_WALK, {"bundle/scripts/slices.py"})
     assert not found, "take slices through scripts.slices instead:\n" + "\n".join(found)
     assert _SLICE_WALK.search("x = np.moveaxis(v, 2, 0)") and _SLICE_WALK.search("a if a.ndim == 3 else a[None]")
