@@ -40,10 +40,10 @@ from .data import center_crop
 from .engine import LoadedModel, ProgressCallback, denoise_volume
 from .errors import CancelledError, InvalidImageError
 from .intensity import IntensityWindow
-from .networks import SliceNoiseSigma
 from .noise import parse_noise
 from .noise_level import (
     LOG_PRIOR_BOUND,
+    SliceNoiseSigma,
     estimate_noise_level,
     noise_scale_ratio,
     noise_variance_map,
