@@ -54,7 +54,7 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts import pipeline  # noqa: E402
 from scripts.dicom_writer import check_target, dicom_files, is_dicom_input  # noqa: E402
-from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, load_bundle  # noqa: E402
+from scripts.engine import ENSEMBLE_SIZES, PRECISIONS, TILE, TILE_OVERLAP, load_bundle  # noqa: E402
 from scripts.errors import ImageWriteError, InvalidImageError, MedDenoiseError  # noqa: E402
 from scripts.image_io import MAX_IMAGE_BYTES, WRITE_EXTENSIONS, check_writable, extension, stem  # noqa: E402
 from scripts.noise_level import NoiseLevel  # noqa: E402
@@ -84,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--batch-size", type=_positive_int, default=None, help="slices per forward pass (default: 2 slices of 512x512)"
+    )
+    parser.add_argument(
+        "--tile",
+        type=_tile_side,
+        default=TILE,
+        metavar="PIXELS",
+        help=f"larger slices are denoised in tiles of PIXELS x PIXELS, blended; smaller tiles use less memory "
+        f"(default {TILE})",
     )
     parser.add_argument("--float-output", action="store_true", help="write float32 instead of the input's dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -144,6 +152,15 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def _tile_side(text: str) -> int:
+    value = int(text)
+    if value <= 2 * TILE_OVERLAP:
+        raise argparse.ArgumentTypeError(
+            f"{text} must be more than {2 * TILE_OVERLAP} pixels, twice what neighbouring tiles share"
+        )
     return value
 
 
@@ -239,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             strength=args.strength,
             views=args.views,
             batch_size=args.batch_size,
+            tile=args.tile,
             float_output=args.float_output,
             adapt_seconds=args.adapt_seconds if args.adapt else 0.0,
             overwrite=args.overwrite,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .dicom_writer import Derivation, dicom_files, write_derived_series
-from .engine import LoadedModel, ProgressCallback, denoise_volume
+from .engine import TILE, LoadedModel, ProgressCallback, denoise_volume
 from .errors import InvalidImageError
 from .image_io import Volume, check_writable, extension, format_problem, read_image, stem, write_image
 from .intensity import IntensityWindow
@@ -34,8 +34,8 @@ class DenoiseSettings:
 
     ``window``: native-units ``[LOW, HIGH]`` mapped to [0, 1] (an :class:`IntensityWindow` or two numbers), ``None``
     for each image's own (:meth:`IntensityWindow.from_data`, as in training). ``axis``, ``strength``, ``views`` (the
-    self-ensemble), ``batch_size`` (``None``: the engine's pixel budget, :data:`scripts.engine.BATCH_PIXELS`) and
-    ``float_output`` as for :func:`scripts.engine.denoise_volume`. ``adapt_seconds`` > 0 first fine-tunes a copy of the
+    self-ensemble), ``batch_size`` (``None``: the engine's pixel budget, :data:`scripts.engine.BATCH_PIXELS`), ``tile``
+    (the largest pass, :data:`scripts.engine.TILE`) and ``float_output`` as for :func:`scripts.engine.denoise_volume`. ``adapt_seconds`` > 0 first fine-tunes a copy of the
     model on each image's own noise (:func:`scripts.selfsupervised.adapt_model`). ``overwrite`` replaces existing
     outputs; ``max_bytes`` bounds a decoded input (:func:`scripts.image_io.read_image`).
     """
@@ -45,6 +45,7 @@ class DenoiseSettings:
     strength: float = 1.0
     views: int = 1
     batch_size: int | None = None
+    tile: int = TILE
     float_output: bool = False
     adapt_seconds: float = 0.0
     overwrite: bool = True
@@ -150,6 +151,7 @@ def denoise_file(
                     window=window,
                     axis=axis,
                     batch_size=settings.batch_size,
+                    tile=settings.tile,
                     strength=settings.strength,
                     float_output=settings.float_output,
                     progress=step,
