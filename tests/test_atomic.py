@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ctrl_c_on
 from product_grep import product_lines
 
 from scripts.atomic import atomic_file, atomic_folder, write_atomic
@@ -97,7 +98,7 @@ with atomic_file({target!r}) as partial:
 
 def _start_slow_writer(target: Path) -> subprocess.Popen:
     code = _SLOW_WRITER.format(bundle=str(BUNDLE), target=str(target))
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, preexec_fn=ctrl_c_on)
     assert process.stdout.readline().strip() == "writing"  # the temporary exists and is being written
     return process
 
