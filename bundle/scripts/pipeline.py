@@ -35,8 +35,9 @@ class DenoiseSettings:
     ``window``: native-units ``[LOW, HIGH]`` mapped to [0, 1] (an :class:`IntensityWindow` or two numbers), ``None``
     for each image's own (:meth:`IntensityWindow.from_data`, as in training). ``axis``, ``strength``, ``views`` (the
     self-ensemble), ``batch_size`` (``None``: the engine's pixel budget, :data:`scripts.engine.BATCH_PIXELS`), ``tile``
-    (the largest pass, :data:`scripts.engine.TILE`) and ``float_output`` as for :func:`scripts.engine.denoise_volume`. ``adapt_seconds`` > 0 first fine-tunes a copy of the
-    model on each image's own noise (:func:`scripts.selfsupervised.adapt_model`). ``overwrite`` replaces existing
+    (the largest pass, :data:`scripts.engine.TILE`) and ``float_output`` as for :func:`scripts.engine.denoise_volume`.
+    ``adapt_seconds`` > 0 first fine-tunes a copy of the model on each image's own noise
+    (:func:`scripts.selfsupervised.adapt_model`). ``overwrite`` replaces existing
     outputs; ``max_bytes`` bounds a decoded input (:func:`scripts.image_io.read_image`).
     """
 
