@@ -326,12 +326,13 @@ def _state(workflow: ConfigWorkflow) -> dict:
 def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_path):
     from ignite.engine import Events
 
-    straight = _from_scratch_workflow(tmp_path, "straight")
+    # The loss switches at epoch 2: after the stop, so the resumed run must switch (and reset Adam) as the straight one.
+    straight = _from_scratch_workflow(tmp_path, "straight", warmup_epochs=1)
     straight.run()
     expected = _state(straight)
     straight.finalize()
 
-    stopped = _from_scratch_workflow(tmp_path, "resumed")
+    stopped = _from_scratch_workflow(tmp_path, "resumed", warmup_epochs=1)
     stopped.parser.get_parsed_content("train#trainer").add_event_handler(
         Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate()
     )
@@ -342,7 +343,9 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
         "checkpoint_epoch=1.pt"
     ]
 
-    resumed = _from_scratch_workflow(tmp_path, "resumed", resume="true")  # as the command line passes it
+    resumed = _from_scratch_workflow(
+        tmp_path, "resumed", warmup_epochs=1, resume="true"
+    )  # as the command line passes it
     resumed.run()
     state = _state(resumed)
     resumed.finalize()
@@ -354,6 +357,27 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
     from scripts.training import latest_checkpoint
 
     assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "checkpoint_epoch=2.pt"
+
+
+def test_from_scratch_training_starts_with_l1_then_switches_to_the_psnr_loss_with_fresh_adam_moments(tmp_path):
+    from ignite.engine import Events
+
+    from scripts.training import PSNRLoss
+
+    workflow = _from_scratch_workflow(tmp_path, "switch", warmup_epochs=1)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    losses, steps = [], []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: losses.append(engine.loss_function))
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda engine: steps.append(int(next(iter(optimizer.state.values()))["step"]))
+    )
+    workflow.run()
+    workflow.finalize()
+    assert isinstance(losses[0], torch.nn.L1Loss) and isinstance(losses[1], PSNRLoss)
+    per_epoch = trainer.state.iteration // 2
+    assert steps == [per_epoch, per_epoch], "Adam counts its steps afresh from the switch"
+    assert trainer.state.output[0]["loss"] < 0, "the PSNR loss (negative dB) trains the second epoch"
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):

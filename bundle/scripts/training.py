@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,30 @@ class EpochSeed:
     def __call__(self, engine: Engine) -> None:
         state = np.random.SeedSequence([self.seed, engine.state.epoch]).generate_state(1)[0]
         self.transform.set_random_state(seed=int(state))
+
+
+class LossSwitch:
+    """Ignite handler for the trainer: from epoch ``epoch`` on (1-based, as ignite counts), the trainer's loss is
+    ``loss``, and the optimiser's moment estimates start afresh at the switch, so the new loss's gradients (the PSNR
+    loss's are hundreds of times the L1 loss's) do not meet step sizes adapted to the old one.
+
+    A run resumed after the switch gets the new loss back without a reset (the checkpoint holds the optimiser's state);
+    one resumed before it switches at the same epoch as a run that never stopped.
+    """
+
+    def __init__(self, loss: Callable, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if epoch < 1:
+            raise ValueError(f"epoch counts from 1 (the first epoch), not {epoch}")
+        self.loss, self.epoch, self.optimizer = loss, epoch, optimizer
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch >= self.epoch:
+            engine.loss_function = self.loss
+        if engine.state.epoch == self.epoch:
+            self.optimizer.state.clear()
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
