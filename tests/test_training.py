@@ -343,9 +343,8 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
         "checkpoint_epoch=1.pt"
     ]
 
-    resumed = _from_scratch_workflow(
-        tmp_path, "resumed", warmup_epochs=1, resume="true"
-    )  # as the command line passes it
+    # resume="true": a string, as the command line passes it
+    resumed = _from_scratch_workflow(tmp_path, "resumed", warmup_epochs=1, resume="true")
     resumed.run()
     state = _state(resumed)
     resumed.finalize()
