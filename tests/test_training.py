@@ -361,7 +361,7 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
 def test_from_scratch_training_starts_with_l1_then_switches_to_the_psnr_loss_with_fresh_adam_moments(tmp_path):
     from ignite.engine import Events
 
-    from scripts.training import PSNRLoss
+    from scripts.training import LossSwitch, PSNRLoss
 
     workflow = _from_scratch_workflow(tmp_path, "switch", warmup_epochs=1)
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -377,6 +377,8 @@ def test_from_scratch_training_starts_with_l1_then_switches_to_the_psnr_loss_wit
     per_epoch = trainer.state.iteration // 2
     assert steps == [per_epoch, per_epoch], "Adam counts its steps afresh from the switch"
     assert trainer.state.output[0]["loss"] < 0, "the PSNR loss (negative dB) trains the second epoch"
+    with pytest.raises(ValueError, match="counts from 1"):
+        LossSwitch(PSNRLoss(), 0, optimizer)
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):

@@ -229,8 +229,9 @@ class EpochSeed:
 
 class LossSwitch:
     """Ignite handler for the trainer: from epoch ``epoch`` on (1-based, as ignite counts), the trainer's loss is
-    ``loss``, and the optimiser's moment estimates start afresh at the switch, so the new loss's gradients (the PSNR
-    loss's are hundreds of times the L1 loss's) do not meet step sizes adapted to the old one.
+    ``loss``, and the optimiser's moment estimates start afresh at the switch, so the new loss's gradients do not meet
+    step sizes adapted to the old one (per pixel, the PSNR loss's gradient is ``(20 / ln 10) * error / MSE``: about
+    430 times the L1 loss's for a patch with an RMS error of 0.02).
 
     A run resumed after the switch gets the new loss back without a reset (the checkpoint holds the optimiser's state);
     one resumed before it switches at the same epoch as a run that never stopped.
