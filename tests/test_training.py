@@ -396,3 +396,27 @@ def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
     assert ResumableTraining(str(tmp_path), {}, resume="True").resume
     with pytest.raises(BundleError, match="give true or false"):
         ResumableTraining(str(tmp_path), {}, resume="maybe")
+
+
+def test_patch_switch_enlarges_the_training_patches_from_its_epoch_on_with_the_same_pixels_per_step():
+    from ignite.engine import Engine
+    from monai.transforms import Compose, RandSpatialCropSamplesd, SpatialPadd
+
+    from scripts.training import PatchSwitch
+
+    pad = SpatialPadd(keys="label", spatial_size=(16, 16), mode="symmetric")
+    crop = RandSpatialCropSamplesd(keys="label", roi_size=(16, 16), num_samples=4, random_size=False)
+    pipeline = Compose([pad, crop])
+    slices = [{"label": torch.rand(1, 40, 24)}, {"label": torch.rand(1, 20, 20)}]  # the second is padded to 32
+    shapes = []
+
+    def step(engine, _):
+        patches = [patch for item in slices for patch in pipeline(item)]
+        shapes.append((len(patches), *patches[0]["label"].shape[1:]))
+
+    engine = Engine(step)
+    PatchSwitch(pad, crop, size=32, per_slice=1, epoch=2).attach(engine)
+    engine.run([0], max_epochs=3)
+    assert shapes == [(8, 16, 16), (2, 32, 32), (2, 32, 32)]
+    with pytest.raises(ValueError, match="counts from 1"):
+        PatchSwitch(pad, crop, size=32, per_slice=1, epoch=0)
