@@ -225,6 +225,9 @@ def run_benchmark(
                             "image": Path(pair["image_path"]).name,
                             "slice": pair["slice"],
                             **scores,
+                            # Brighter (+) or darker (-) on average than the clean slice: a blind network that takes
+                            # bright tissue for offset noise returns it too dark (the experiment log, session 17).
+                            "mean_error": float(np.mean(denoised) - np.mean(clean)),
                             "seconds": seconds,
                         }
                     )

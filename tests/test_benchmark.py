@@ -51,6 +51,9 @@ def test_cli_writes_results_json_markdown_and_figures(cli_run):
         assert row["seconds_per_slice"] >= 0 and 0 <= row["ssim"] <= 1 and row["mse"] >= 0
     assert set(results["per_modality"]) == {"CT", "MR", "XR"}
     assert all(row["n"] == 1 for rows in results["per_modality"].values() for row in rows)
+    mean_errors = [r["mean_error"] for r in results["per_slice"]]
+    assert all(e**2 <= r["mse"] * (1 + 1e-6) for e, r in zip(mean_errors, results["per_slice"], strict=True))
+    assert any(mean_errors), "a squared mean error is part of every MSE, and clipped noise has some"
     assert results["data"]["slices"] == 3 and results["data"]["seed"] == 3 and results["data"]["crop"] == 64
     assert results["bundle_version"] and results["machine"]["cpus"] >= 1
     markdown = (out / "results.md").read_text()
