@@ -415,8 +415,10 @@ def test_patch_switch_enlarges_the_training_patches_from_its_epoch_on_with_the_s
         shapes.append((len(patches), *patches[0]["label"].shape[1:]))
 
     engine = Engine(step)
-    PatchSwitch(pad, crop, size=32, per_slice=1, epoch=2).attach(engine)
+    PatchSwitch(pipeline, size=32, per_slice=1, epoch=2).attach(engine)
     engine.run([0], max_epochs=3)
     assert shapes == [(8, 16, 16), (2, 32, 32), (2, 32, 32)]
     with pytest.raises(ValueError, match="counts from 1"):
-        PatchSwitch(pad, crop, size=32, per_slice=1, epoch=0)
+        PatchSwitch(pipeline, size=32, per_slice=1, epoch=0)
+    with pytest.raises(ValueError, match="has 0 SpatialPadd"):
+        PatchSwitch(Compose([crop]), size=32, per_slice=1, epoch=2)

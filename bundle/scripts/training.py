@@ -14,7 +14,7 @@ from ignite.handlers import EMAHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.inferers import Inferer
 from monai.losses import SSIMLoss
-from monai.transforms import RandSpatialCropSamplesd, SpatialPadd
+from monai.transforms import Compose, RandSpatialCropSamplesd, SpatialPadd
 from torch import nn
 
 from .atomic import write_atomic
@@ -255,8 +255,8 @@ class LossSwitch:
 
 class PatchSwitch:
     """Ignite handler for the trainer: from epoch ``epoch`` on (1-based), training patches are ``size`` pixels square,
-    ``per_slice`` of them per slice, set on the pipeline's pad (a ``SpatialPadd``) and crop (a
-    ``RandSpatialCropSamplesd``).
+    ``per_slice`` of them per slice, set on the pad (``SpatialPadd``) and crop (``RandSpatialCropSamplesd``) of the
+    training ``pipeline``.
 
     Small patches learn the noise's texture fastest; larger ones hold more of the image, which a blind network needs
     to tell offset noise from bright tissue (whether a patch has dark pixels to show the offset). Keep
@@ -264,12 +264,13 @@ class PatchSwitch:
     resumed run trains on the same patches as one that never stopped.
     """
 
-    def __init__(self, pad: SpatialPadd, crop: RandSpatialCropSamplesd, size: int, per_slice: int, epoch: int) -> None:
+    def __init__(self, pipeline: Compose, size: int, per_slice: int, epoch: int) -> None:
         if epoch < 1:
             raise ValueError(f"epoch counts from 1 (the first epoch), not {epoch}")
         if size < 1 or per_slice < 1:
             raise ValueError(f"patch size and patches per slice must be positive, not {size} and {per_slice}")
-        self.pad, self.crop, self.size, self.per_slice, self.epoch = pad, crop, size, per_slice, epoch
+        self.pad, self.crop = (_only(pipeline, kind) for kind in (SpatialPadd, RandSpatialCropSamplesd))
+        self.size, self.per_slice, self.epoch = size, per_slice, epoch
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -279,6 +280,14 @@ class PatchSwitch:
             self.pad.padder.spatial_size = (self.size, self.size)
             self.crop.cropper.cropper.roi_size = (self.size, self.size)
             self.crop.cropper.num_samples = self.per_slice
+
+
+def _only(pipeline: Compose, kind: type):
+    """The one transform of type ``kind`` in ``pipeline``."""
+    found = [transform for transform in pipeline.transforms if isinstance(transform, kind)]
+    if len(found) != 1:
+        raise ValueError(f"the training pipeline has {len(found)} {kind.__name__} transforms; PatchSwitch needs one")
+    return found[0]
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path:
