@@ -301,6 +301,7 @@ def _from_scratch_workflow(tmp_path, run: str, **overrides) -> ConfigWorkflow:
             "output_dir": str(tmp_path / run),
             "max_slices_per_volume": 2,
             "patch_size": 32,
+            "large_patch_size": 64,  # one per slice: the pixels of four 32x32 patches
             "batch_size": 2,  # several steps per epoch
             "val_interval": 10,  # no validation: it changes nothing that resuming must restore
             "max_epochs": 2,
@@ -358,7 +359,7 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
     assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "checkpoint_epoch=2.pt"
 
 
-def test_from_scratch_training_starts_with_l1_then_switches_to_the_psnr_loss_with_fresh_adam_moments(tmp_path):
+def test_from_scratch_training_switches_from_l1_to_the_psnr_loss_with_fresh_adam_moments_and_larger_patches(tmp_path):
     from ignite.engine import Events
 
     from scripts.training import LossSwitch, PSNRLoss
@@ -366,8 +367,12 @@ def test_from_scratch_training_starts_with_l1_then_switches_to_the_psnr_loss_wit
     workflow = _from_scratch_workflow(tmp_path, "switch", warmup_epochs=1)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     optimizer = workflow.parser.get_parsed_content("optimizer")
-    losses, steps = [], []
+    losses, steps, patches = [], [], []
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: losses.append(engine.loss_function))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda engine: patches.append((len(engine.state.output), *engine.state.output[0]["label"].shape)),
+    )
     trainer.add_event_handler(
         Events.EPOCH_COMPLETED, lambda engine: steps.append(int(next(iter(optimizer.state.values()))["step"]))
     )
@@ -376,6 +381,7 @@ def test_from_scratch_training_starts_with_l1_then_switches_to_the_psnr_loss_wit
     assert isinstance(losses[0], torch.nn.L1Loss) and isinstance(losses[1], PSNRLoss)
     per_epoch = trainer.state.iteration // 2
     assert steps == [per_epoch, per_epoch], "Adam counts its steps afresh from the switch"
+    assert patches[0] == (8, 1, 32, 32) and patches[-1] == (2, 1, 64, 64), "larger patches with the PSNR loss"
     assert trainer.state.output[0]["loss"] < 0, "the PSNR loss (negative dB) trains the second epoch"
     with pytest.raises(ValueError, match="counts from 1"):
         LossSwitch(PSNRLoss(), 0, optimizer)
