@@ -54,6 +54,10 @@ def test_cli_writes_results_json_markdown_and_figures(cli_run):
     mean_errors = [r["mean_error"] for r in results["per_slice"]]
     assert all(e**2 <= r["mse"] * (1 + 1e-6) for e, r in zip(mean_errors, results["per_slice"], strict=True))
     assert any(mean_errors), "a squared mean error is part of every MSE, and clipped noise has some"
+    signed = {(r["noise"], r["image"], r["method"]): r["mean_error"] for r in results["per_slice"]}
+    for noise, image, method in signed:
+        if method == "average":  # a 3x3 mean with reflected edges keeps the slice's mean: its error is the noise's
+            assert abs(signed[noise, image, "average"] - signed[noise, image, "noisy"]) < 1e-4
     assert results["data"]["slices"] == 3 and results["data"]["seed"] == 3 and results["data"]["crop"] == 64
     assert results["bundle_version"] and results["machine"]["cpus"] >= 1
     markdown = (out / "results.md").read_text()
