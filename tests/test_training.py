@@ -354,6 +354,15 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
     for name, weight in expected["network"].items():
         assert torch.equal(state["network"][name], weight), f"{name} differs from the uninterrupted run"
     assert all(torch.equal(a, b) for a, b in zip(state["adam"], expected["adam"], strict=True))
+    # The weight average went on where it stopped, too (it joins every checkpoint).
+    averages = [
+        torch.load(tmp_path / run / "checkpoints" / "model_averaged.pt", weights_only=True)
+        for run in ("straight", "resumed")
+    ]
+    assert averages[0].keys() == expected["network"].keys()
+    for name, weight in averages[0].items():
+        assert torch.equal(averages[1][name], weight), f"averaged {name} differs from the uninterrupted run"
+    assert not all(torch.equal(averages[0][name], weight) for name, weight in expected["network"].items())
     from scripts.training import latest_checkpoint
 
     assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "checkpoint_epoch=2.pt"

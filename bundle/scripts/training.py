@@ -146,7 +146,9 @@ class WeightAverage:
     Single checkpoints of one run differ by up to 0.5 dB at one noise setting from one validation to the next
     (``research/experiments.md``); the average of the last few epochs' weights is a steadier model. The average starts
     when training starts, after the ``CheckpointLoader`` handlers listed before it have loaded the weights (an
-    ``EMAHandler`` built with the config would copy the network before, at its random initialisation).
+    ``EMAHandler`` built with the config would copy the network before, at its random initialisation). It has a
+    ``state_dict``: in :class:`ResumableTraining`'s ``save_dict`` it joins every checkpoint, and a resumed run goes on
+    averaging where it stopped (listed after that handler, so the checkpoint is loaded first).
 
     Args:
         network: the trained network.
@@ -160,13 +162,24 @@ class WeightAverage:
             raise ValueError(f"weight average momentum must be in (0, 1), not {momentum}")
         self.network, self.save_path, self.momentum = network, save_path, momentum
         self.average: EMAHandler | None = None
+        self.resumed_average: dict[str, torch.Tensor] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The average so far (empty before training starts), for a checkpoint."""
+        return self.average.ema_model.state_dict() if self.average is not None else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """A checkpoint's average, to go on from when training (re)starts."""
+        self.resumed_average = state or None
+
     def start(self, engine: Engine) -> None:
         self.average = EMAHandler(self.network, momentum=self.momentum, handle_buffers="update")
+        if self.resumed_average is not None:
+            self.average.ema_model.load_state_dict(self.resumed_average)
         self.average.attach(engine, name="weight_average_momentum", warn_if_exists=False)
 
     def save(self, engine: Engine) -> None:
