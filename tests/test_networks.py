@@ -10,7 +10,7 @@ import torch
 from scripts.data import center_crop, load_slices
 from scripts.networks import DenoisingAutoencoder
 from scripts.noise import parse_noise
-from scripts.noise_level import SliceNoiseSigma, slice_noise_sigma
+from scripts.noise_level import LatticeScore, SliceNoiseSigma, slice_noise_sigma
 
 
 def test_default_is_gondaras_design():
@@ -86,6 +86,35 @@ def test_bad_arguments_are_rejected():
         DenoisingAutoencoder(refine_blocks=-1)
     with pytest.raises(ValueError, match="fine_blocks"):
         DenoisingAutoencoder(fine_blocks=-1)
+
+
+class _FixedScore(torch.nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_full((x.shape[0],), self.value)
+
+
+def test_lattice_input_needs_the_noise_level_input_and_reaches_every_pixel():
+    with pytest.raises(ValueError, match="noise_level_input"):
+        DenoisingAutoencoder(lattice_input=True)
+    torch.manual_seed(0)
+    network = DenoisingAutoencoder(features=(8, 16), residual=True, noise_level_input=True, lattice_input=True).eval()
+    assert isinstance(network.lattice_score, LatticeScore)
+    for film in [*network.encoder_films, *network.decoder_films]:
+        torch.nn.init.normal_(film.project.weight, std=0.1)
+    image = torch.rand(1, 1, 64, 64) * 0.5 + 0.25
+    with torch.inference_mode():
+        out = network(image)
+        assert torch.allclose(torch.jit.script(network)(image), out), "exportable as models/model.ts"
+        # The same image, the score alone changed: every pixel's answer moves, far from the image's edges too.
+        answers = []
+        for value in (0.0, 1.0):
+            network.lattice_score = _FixedScore(value)
+            answers.append(network(image))
+    assert not torch.allclose(answers[0][..., 24:40, 24:40], answers[1][..., 24:40, 24:40])
 
 
 def test_unshuffle_stem_works_at_lower_resolution_and_clamp_bounds_the_output():

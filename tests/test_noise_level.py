@@ -15,7 +15,13 @@ from scripts.data import center_crop, load_slices
 from scripts.errors import InvalidImageError
 from scripts.intensity import IntensityWindow
 from scripts.noise import noise_sigma, parse_noise
-from scripts.noise_level import estimate_noise_level, noise_scale_ratio, noise_share, slice_noise_sigma
+from scripts.noise_level import (
+    LatticeScore,
+    estimate_noise_level,
+    noise_scale_ratio,
+    noise_share,
+    slice_noise_sigma,
+)
 from scripts.selfsupervised import CORRELATED_SCALE_RATIO
 
 SETTINGS = ("gaussian:factor=0.05,mean=0,std=1", "gaussian:factor=0.1,mean=0,std=1", "gaussian:factor=0.2,mean=0,std=1")
@@ -48,6 +54,29 @@ def test_estimate_beats_plain_estimate_sigma_where_noise_is_clipped(test_images,
     ours, plain = (_relative_errors(test_images, spec, estimator) for estimator in (slice_noise_sigma, estimate_sigma))
     # Measured: 0.042 and 0.045 mean relative error here, scikit-image's 0.072 and 0.103.
     assert np.mean(ours) < 0.7 * np.mean(plain), (ours, plain)
+
+
+def test_lattice_score_tells_the_seeds_poisson_noise_from_gaussian_noise_of_the_same_spread(test_images):
+    """0.2 * Poisson(lambda) keeps neighbour differences on a lattice of 0.2 where the image is smooth; Gaussian noise
+    with the same spread (sigma 0.2, zero-mean or offset) scatters them. Real CT, MR and X-ray images."""
+    score = LatticeScore()
+
+    def scores(spec: str) -> np.ndarray:
+        return score(torch.from_numpy(np.stack([_noised(image, spec) for image in test_images]))).numpy()
+
+    poisson = np.concatenate([scores(f"poisson:factor=0.2,lam={lam}") for lam in (1, 5)])
+    gaussian = np.concatenate([scores(spec) for spec in ("gaussian:factor=0.2", "gaussian:factor=0.1,mean=1,std=2")])
+    assert poisson.min() > 0.3 and gaussian.max() < 0.05, (poisson, gaussian)
+
+
+def test_lattice_score_leaves_clipped_pixels_out():
+    """Pixels at 0 or 1 carry no lattice: an image on a lattice only where it is clipped scores 0."""
+    rng = np.random.default_rng(0)
+    image = np.where(rng.random((64, 64)) < 0.5, 0.0, 1.0) + 0.0
+    image[:, :32] = rng.random((64, 32)) * 0.5 + 0.25  # unclipped half: continuous values, off the lattice
+    clipped_only = LatticeScore()(torch.from_numpy(image)[None, None].float()).item()
+    assert clipped_only < 0.05
+    assert LatticeScore()(torch.ones(1, 1, 8, 8)).item() == 0.0, "no unclipped pair at all"
 
 
 def test_volume_readout_in_native_units_and_on_the_window_scale(test_images):

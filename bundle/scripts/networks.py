@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from .noise_level import SliceNoiseSigma
+from .noise_level import LatticeScore, SliceNoiseSigma
 
 #: Width of the noise-level embedding that :class:`NoiseLevelFiLM` blocks read.
 _NOISE_EMBEDDING = 32
@@ -138,6 +138,9 @@ class DenoisingAutoencoder(nn.Module):
         noise_level_input: estimate the centre channel's noise sigma (:class:`SliceNoiseSigma`) and modulate every
             encoder and decoder level by it (:class:`NoiseLevelFiLM`): one blind network that still knows how much
             to smooth (light noise: keep texture; heavy: smooth), as FFDNet does with a level given by the user.
+        lattice_input: feed the centre channel's :class:`LatticeScore` into the noise-level embedding beside its
+            sigma (needs ``noise_level_input``): it tells the seeds' Poisson noise, whose offset must be subtracted,
+            from Gaussian noise of the same spread.
 
     Shapes: input ``(B, in_channels, H, W)`` with any H, W >= 1 (padded internally to a multiple of the downsampling
     factor and cropped back); output ``(B, out_channels, H, W)``. Intensities are expected in [0, 1].
@@ -158,6 +161,7 @@ class DenoisingAutoencoder(nn.Module):
         refine_blocks: int = 0,
         fine_blocks: int = 0,
         noise_level_input: bool = False,
+        lattice_input: bool = False,
     ) -> None:
         super().__init__()
         if (
@@ -173,6 +177,8 @@ class DenoisingAutoencoder(nn.Module):
             )
         if final_activation not in _FINAL_ACTIVATIONS:
             raise ValueError(f"final_activation must be one of {list(_FINAL_ACTIVATIONS)}, not {final_activation!r}")
+        if lattice_input and not noise_level_input:
+            raise ValueError("lattice_input feeds the noise-level embedding: set noise_level_input too")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.multiple = unshuffle * 2 ** len(features)
         self.skip_connections, self.residual = skip_connections, residual
@@ -193,8 +199,11 @@ class DenoisingAutoencoder(nn.Module):
         self.head = Convolution(2, channels, out_channels * unshuffle**2, kernel_size=3, conv_only=True)
         self.noise_level_input = noise_level_input
         self.noise_sigma = SliceNoiseSigma() if noise_level_input else nn.Identity()
+        self.lattice_input = lattice_input
+        self.lattice_score = LatticeScore() if lattice_input else nn.Identity()
+        readouts = 2 if lattice_input else 1
         self.noise_embedding = (
-            nn.Sequential(nn.Linear(1, _NOISE_EMBEDDING), nn.ReLU()) if noise_level_input else nn.Identity()
+            nn.Sequential(nn.Linear(readouts, _NOISE_EMBEDDING), nn.ReLU()) if noise_level_input else nn.Identity()
         )
 
         def film(width: int) -> nn.Module:
@@ -215,7 +224,10 @@ class DenoisingAutoencoder(nn.Module):
             centre = x[:, self.in_channels // 2 : self.in_channels // 2 + 1]
             # log scale: 0.02 and 0.05 differ as much as 0.2 and 0.5; 0 at sigma 0.1.
             level = torch.log(self.noise_sigma(centre).clamp(min=1e-3) / 0.1)
-            embedding = self.noise_embedding(level[:, None].to(h.dtype))
+            readouts = level[:, None]
+            if self.lattice_input:
+                readouts = torch.cat([readouts, self.lattice_score(centre)[:, None]], dim=1)
+            embedding = self.noise_embedding(readouts.to(h.dtype))
         skips = []
         # zip() without strict=: TorchScript (ckpt_export) has no keyword arguments there; the lists match by build.
         for block, film in zip(self.encoder, self.encoder_films):  # noqa: B905
