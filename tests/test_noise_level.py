@@ -72,7 +72,7 @@ def test_lattice_score_tells_the_seeds_poisson_noise_from_gaussian_noise_of_the_
 def test_lattice_score_leaves_clipped_pixels_out():
     """Pixels at 0 or 1 carry no lattice: an image on a lattice only where it is clipped scores 0."""
     rng = np.random.default_rng(0)
-    image = np.where(rng.random((64, 64)) < 0.5, 0.0, 1.0) + 0.0
+    image = np.where(rng.random((64, 64)) < 0.5, 0.0, 1.0)
     image[:, :32] = rng.random((64, 32)) * 0.5 + 0.25  # unclipped half: continuous values, off the lattice
     clipped_only = LatticeScore()(torch.from_numpy(image)[None, None].float()).item()
     assert clipped_only < 0.05
