@@ -413,6 +413,32 @@ def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
         ResumableTraining(str(tmp_path), {}, resume="maybe")
 
 
+def test_noise_switch_draws_the_new_noise_from_its_epoch_on_and_a_resumed_run_draws_the_same():
+    from ignite.engine import Engine
+    from monai.transforms import Compose
+
+    from scripts.noise import RandNoised
+    from scripts.training import EpochSeed, NoiseSwitch
+
+    clean = {"image": np.full((1, 32, 32), 0.5, dtype=np.float32)}
+
+    def run(start_epoch):
+        pipeline = Compose([RandNoised(keys="image", noise="gaussian:factor=0.01")])
+        noise = []
+        engine = Engine(lambda engine, _: noise.append(pipeline(clean)["image"] - 0.5))
+        EpochSeed(pipeline, seed=7).attach(engine)
+        NoiseSwitch(pipeline, "gaussian:factor=0.2", epoch=2).attach(engine)
+        engine.load_state_dict({"epoch": start_epoch, "epoch_length": 1, "max_epochs": 3})
+        engine.run([0])
+        return noise
+
+    uninterrupted, resumed = run(0), run(2)
+    assert [round(float(n.std()), 2) for n in uninterrupted] == [0.01, 0.2, 0.2]
+    np.testing.assert_array_equal(resumed[-1], uninterrupted[-1])
+    with pytest.raises(ValueError, match="has 0 RandNoised"):
+        NoiseSwitch(Compose([]), "gaussian:factor=0.2", epoch=2)
+
+
 def test_patch_switch_enlarges_the_training_patches_from_its_epoch_on_with_the_same_pixels_per_step():
     from ignite.engine import Engine
     from monai.transforms import Compose, RandSpatialCropSamplesd, SpatialPadd

@@ -20,6 +20,7 @@ from torch import nn
 from .atomic import write_atomic
 from .engine import resolve_precision
 from .errors import BundleError
+from .noise import Noise, RandNoised, parse_noise
 
 
 class SSIML1Loss(nn.Module):
@@ -282,7 +283,7 @@ class PatchSwitch:
             raise ValueError(f"epoch counts from 1 (the first epoch), not {epoch}")
         if size < 1 or per_slice < 1:
             raise ValueError(f"patch size and patches per slice must be positive, not {size} and {per_slice}")
-        self.pad, self.crop = (_only(pipeline, kind) for kind in (SpatialPadd, RandSpatialCropSamplesd))
+        self.pad, self.crop = (_only(pipeline, kind, "PatchSwitch") for kind in (SpatialPadd, RandSpatialCropSamplesd))
         self.size, self.per_slice, self.epoch = size, per_slice, epoch
 
     def attach(self, engine: Engine) -> None:
@@ -295,11 +296,36 @@ class PatchSwitch:
             self.crop.cropper.num_samples = self.per_slice
 
 
-def _only(pipeline: Compose, kind: type):
-    """The one transform of type ``kind`` in ``pipeline``."""
+class NoiseSwitch:
+    """Ignite handler for the trainer: from epoch ``epoch`` on (1-based), the training ``pipeline``'s
+    :class:`~scripts.noise.RandNoised` draws from ``noise`` (a spec string or a model) instead of its own.
+
+    The PSNR loss scales a patch's gradient by 1 / its MSE, so heavily noised patches hardly count; drawing the heavy
+    settings more often in that phase gives them their weight back. The new noise draws from the transform's own
+    random stream (the one :class:`EpochSeed` reseeds), and the switch acts at every epoch start, so a resumed run
+    draws the same noise as one that never stopped.
+    """
+
+    def __init__(self, pipeline: Compose, noise: str | Noise, epoch: int) -> None:
+        if epoch < 1:
+            raise ValueError(f"epoch counts from 1 (the first epoch), not {epoch}")
+        self.transform = _only(pipeline, RandNoised, "NoiseSwitch")
+        self.noise, self.epoch = parse_noise(noise), epoch
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch >= self.epoch:
+            self.transform.noise = self.noise
+            self.noise.set_random_state(state=self.transform.R)
+
+
+def _only(pipeline: Compose, kind: type, user: str):
+    """The one transform of type ``kind`` in ``pipeline``, which ``user`` (a handler's name) changes."""
     found = [transform for transform in pipeline.transforms if isinstance(transform, kind)]
     if len(found) != 1:
-        raise ValueError(f"the training pipeline has {len(found)} {kind.__name__} transforms; PatchSwitch needs one")
+        raise ValueError(f"the training pipeline has {len(found)} {kind.__name__} transforms; {user} needs one")
     return found[0]
 
 
