@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +320,31 @@ class NoiseSwitch:
         if engine.state.epoch >= self.epoch:
             self.transform.noise = self.noise
             self.noise.set_random_state(state=self.transform.R)
+
+
+class CosineCycles:
+    """Learning-rate factor per epoch for ``torch.optim.lr_scheduler.LambdaLR`` (stepped once per epoch): a cosine
+    decay from ``peaks[i]`` to zero over ``cycles[i]`` epochs, one cycle after the other (warm restarts, Loshchilov &
+    Hutter, SGDR, 2017), zero after the last.
+
+    One cycle with peak 1 is ``CosineAnnealingLR(T_max=cycles[0])``. A later cycle restarts a finished schedule, so a
+    run trains on from its end with the first cycle's epochs unchanged (a run resumed from the first cycle's last
+    checkpoint is the longer run), and a lower peak keeps what the first cycle learnt.
+    """
+
+    def __init__(self, cycles: Sequence[int], peaks: Sequence[float]) -> None:
+        if len(cycles) != len(peaks) or not cycles:
+            raise ValueError(f"give one peak per cycle, not {len(peaks)} peaks for {len(cycles)} cycles")
+        if any(length < 1 for length in cycles) or any(peak < 0 for peak in peaks):
+            raise ValueError(f"cycles last at least one epoch and peaks are not negative, not {cycles} and {peaks}")
+        self.cycles, self.peaks = [int(length) for length in cycles], [float(peak) for peak in peaks]
+
+    def __call__(self, epoch: int) -> float:
+        for length, peak in zip(self.cycles, self.peaks, strict=True):
+            if epoch < length:
+                return peak * (1 + math.cos(math.pi * epoch / length)) / 2
+            epoch -= length
+        return 0.0
 
 
 def _only(pipeline: Compose, kind: type, user: str):
