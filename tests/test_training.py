@@ -304,6 +304,7 @@ def _from_scratch_workflow(tmp_path, run: str, **overrides) -> ConfigWorkflow:
             "large_patch_size": 64,  # one per slice: the pixels of four 32x32 patches
             "batch_size": 2,  # several steps per epoch
             "val_interval": 10,  # no validation: it changes nothing that resuming must restore
+            "lr_cycles": [1, 2],  # a warm restart at epoch 2
             "max_epochs": 2,
             **overrides,
         },
@@ -350,7 +351,8 @@ def test_resumed_training_reaches_the_same_state_as_an_uninterrupted_run(tmp_pat
     state = _state(resumed)
     resumed.finalize()
     assert (state["epoch"], state["iteration"]) == (expected["epoch"], expected["iteration"]) == (2, state["iteration"])
-    assert state["lr"] == expected["lr"] < 1e-3, "the cosine schedule went on where it stopped"
+    # The second cosine cycle (peak 0.5) restarted at epoch 2 and is half-way down after it.
+    assert state["lr"] == expected["lr"] == pytest.approx(1e-3 * 0.5 * 0.5), "the schedule went on where it stopped"
     for name, weight in expected["network"].items():
         assert torch.equal(state["network"][name], weight), f"{name} differs from the uninterrupted run"
     assert all(torch.equal(a, b) for a, b in zip(state["adam"], expected["adam"], strict=True))
@@ -437,6 +439,32 @@ def test_noise_switch_draws_the_new_noise_from_its_epoch_on_and_a_resumed_run_dr
     np.testing.assert_array_equal(resumed[-1], uninterrupted[-1])
     with pytest.raises(ValueError, match="has 0 RandNoised"):
         NoiseSwitch(Compose([]), "gaussian:factor=0.2", epoch=2)
+
+
+def test_cosine_cycles_anneal_as_cosine_annealing_then_restart_at_the_next_peak():
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
+
+    from scripts.training import CosineCycles
+
+    def rates(schedule, epochs):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        scheduler, seen = schedule(optimizer), []
+        for _ in range(epochs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    cycles = rates(lambda optimizer: LambdaLR(optimizer, CosineCycles([8, 4], [1.0, 0.5])), 14)
+    np.testing.assert_allclose(
+        cycles[:8], rates(lambda optimizer: CosineAnnealingLR(optimizer, 8), 8), rtol=0, atol=1e-15
+    )
+    assert cycles[8] == pytest.approx(5e-4) and cycles[8] > cycles[9] > cycles[10] > cycles[11] > 0
+    assert cycles[12:] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="one peak per cycle"):
+        CosineCycles([8, 4], [1.0])
+    with pytest.raises(ValueError, match="at least one epoch"):
+        CosineCycles([0], [1.0])
 
 
 def test_patch_switch_enlarges_the_training_patches_from_its_epoch_on_with_the_same_pixels_per_step():
