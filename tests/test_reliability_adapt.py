@@ -63,14 +63,15 @@ def test_adaptation_to_white_noise_keeps_the_shipped_model(embedded, shipped_mod
 
 @pytest.mark.slow
 def test_adaptation_to_speckle_keeps_the_shipped_model(embedded, shipped_model, adapted_models):
-    """Speckle (``x (1 + N(0, 0.2))``) on a real MR slice: 100 steps of adaptation cost 0.15 dB (29.02 -> 28.87). The
-    previous check (SURE with one noise sigma for the slice, where speckle's strength follows the signal) estimated
-    0.0490 and 0.0390 and kept the adapted model. With the variance per pixel the estimates are 8.0e-4 and 7.7e-4
-    (true errors 1.28e-3 and 1.32e-3): too close to tell the two apart, so the margin keeps the shipped model."""
+    """Speckle (``x (1 + N(0, 0.3))``) on a real MR slice: 100 steps of adaptation cost bundle 0.11.0 0.35 dB
+    (27.69 -> 27.35). With the variance per pixel the estimates are 7.8e-4 and 7.6e-4: too close to tell the two apart,
+    so the margin keeps the shipped model. (At ``N(0, 0.2)`` adapting gains 0.11.0 0.19 dB, the estimates say so, 8.9e-4
+    against 7.1e-4, and the adapted model is kept; for 0.10.0 it cost 0.15 dB there, and the previous check, SURE with
+    one noise sigma for the slice where speckle's strength follows the signal, kept the adapted model.)"""
     TALLY.no_harm += 1
     window = IntensityWindow(0.0, 1.0)
     mr = load_slices([embedded["test"][1]], progress=False)[:1]
-    pair = noisy_pairs(mr, "speckle:std=0.2", seed=0, crop=256)[0]
+    pair = noisy_pairs(mr, "speckle:std=0.3", seed=0, crop=256)[0]
     clean, noisy = pair["label"][0], pair["image"][0]
     model = shipped_model
     result = selfsupervised.adapt_model(model, noisy, window, seconds=600, max_steps=100)
